@@ -1,0 +1,29 @@
+# meta-ota / ota_build developer entry points. Everything runs in ./.venv,
+# created on first use from PyPI; nothing is installed system-wide.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## demo: the whole flow on a generated sample image (prints each step)
+demo: $(STAMP)
+	$(BIN)/ota-build demo --workdir demo-output
+
+## test: the test-suite (CI runs exactly this)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## bench: speed and memory benchmarks (1 GiB image; see benchmarks/README.md)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_package.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .hypothesis

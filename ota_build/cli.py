@@ -1,0 +1,278 @@
+"""``ota-build``: the command-line entry point.
+
+Subcommands: record, keygen, package, verify, inspect, demo. Exit codes are
+listed in ``ota_build.errors`` and docs/exit-codes.md; every failure is one line
+on stderr, never a traceback (``--debug`` shows one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Callable, List, Optional, Sequence
+
+from . import __version__
+from .config import DEFAULT_CONFIG_NAME, load_config
+from .errors import OtaError, UsageError, VerifyError
+from .package import inspect_file, package_image, verify_file
+from .record import RECORD_NAME, find_record, load_record, new_record, write_record
+from .signing import KEYGEN_ALGORITHMS, Keyring, generate_key, make_signer
+from .version import parse_build_number, parse_version_number
+
+log = logging.getLogger("ota_build")
+
+EXIT_CODES_HELP = """exit codes:
+  0   success
+  1   general failure (I/O, an external tool failed)
+  2   usage error or invalid input (config, record, key, option)
+  3   the OTA server refused the request or could not be reached
+  10  verify: corrupt (bad magic or header, payload digest mismatch)
+  11  verify: truncated
+  12  verify: bad signature
+  13  verify: unknown key (signed by a key that is not trusted)
+  14  verify: wrong OTA type
+  15  verify: downgrade (versionNumber below --min-version-number)
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors exit 2 with one line plus usage."""
+
+    def error(self, message: str) -> "None":  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Log to stderr: warnings by default, info with -v, debug with -vv."""
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
+
+
+def run_main(func: Callable[[], int], prog: str, debug: bool = False) -> int:
+    """Run ``func``; turn OtaError into one stderr line and its exit code."""
+    try:
+        return func()
+    except OtaError as exc:
+        if debug:
+            raise
+        kind = f" ({exc.reason})" if isinstance(exc, VerifyError) else ""
+        print(f"{prog}: error{kind}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def record_output_path(output: Optional[str], skip_tmpdir: bool) -> str:
+    """Where a new record goes: -o PATH, -s (current directory) or BitBake's TMPDIR."""
+    if output:
+        return os.path.join(output, RECORD_NAME) if os.path.isdir(output) else output
+    if skip_tmpdir:
+        return os.path.join(os.getcwd(), RECORD_NAME)
+    from .bbenv import find_tmpdir
+
+    return os.path.join(find_tmpdir(), RECORD_NAME)
+
+
+def create_record_file(conf: str, build_number: str, debug: bool, skip_tmpdir: bool,
+                       output: Optional[str], version_number: Optional[str], credentials: Optional[str],
+                       force: bool) -> str:
+    """Shared by ``ota-build record`` and ``partner-ota-hub-uploader --createOTARecord``."""
+    cfg = load_config(conf, credentials)
+    number = parse_build_number(build_number)
+    path = record_output_path(output, skip_tmpdir)
+    existing = path if os.path.exists(path) else None
+    if existing is None and os.path.basename(path) == RECORD_NAME:
+        existing = find_record(os.path.dirname(path) or ".")
+    if existing and not force:
+        raise UsageError(f"{existing}: an OTA record already exists (remove it, or use --force to replace it)")
+    record = new_record(cfg, number, debug, version_number=version_number)
+    write_record(record, path)
+    log.info("wrote %s (version %s, versionNumber %s)", path, record["version"], record["versionNumber"])
+    return path
+
+
+# --------------------------------------------------------------------------- subcommands
+
+def cmd_record(args: argparse.Namespace) -> int:
+    path = create_record_file(args.conf, args.buildNum, args.debug_build, args.s, args.output,
+                              args.version_number, args.credentials, args.force)
+    print(path)
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    private = args.private or f"{args.output}.key.pem"
+    public = args.public or f"{args.output}.pub.pem"
+    key = generate_key(args.algorithm, private, public, backend=args.backend, rsa_bits=args.rsa_bits,
+                       overwrite=args.force)
+    print(f"private key: {private}")
+    print(f"public key:  {public}")
+    print(f"key id:      {key.key_id.hex()}")
+    return 0
+
+
+def cmd_package(args: argparse.Namespace) -> int:
+    record = load_record(args.record) if args.record else None
+    if args.version_number is not None:
+        version_number = parse_version_number(args.version_number, "--version-number")
+    elif record is not None:
+        version_number = int(record["versionNumber"])
+    else:
+        raise UsageError("give --record (the OTA record) or --version-number")
+    ota_type = args.type if args.type is not None else (int(record["type"]) if record else 5)
+    signer = make_signer(args.key, backend=args.backend, command=args.sign_command, public_key=args.public_key)
+    result = package_image(args.image, args.output, signer, ota_type, version_number, record=record,
+                           embed_record=args.embed_record)
+    h = result.header
+    print(f"{result.path}: type {h.ota_type}, versionNumber {h.version_number}, payload {h.payload_length} bytes, "
+          f"sha256 {h.payload_sha256.hex()}, {h.sig_alg.label} key {h.key_id.hex()[:16]}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    keyring = Keyring.from_files(args.key)
+    if not len(keyring):
+        raise UsageError("no trusted public key found in --key")
+    minimum = parse_version_number(args.min_version_number, "--min-version-number") if args.min_version_number else None
+    result = verify_file(args.file, keyring, expected_type=args.type, min_version_number=minimum,
+                         extract_to=args.extract, backend=args.backend)
+    h = result.header
+    msg = f"{args.file}: OK (type {h.ota_type}, versionNumber {h.version_number}, {h.payload_length} bytes, {h.sig_alg.label})"
+    if result.extracted:
+        msg += f"; payload written to {result.extracted}"
+    print(msg)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    h = inspect_file(args.file)
+    if args.json:
+        print(json.dumps(h.as_dict(), indent=2, sort_keys=True))
+        return 0
+    for key, value in h.as_dict().items():
+        if key == "record":
+            value = json.dumps(value, sort_keys=True) if value is not None else "(none)"
+        print(f"{key:17} {value}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.workdir)
+
+
+# --------------------------------------------------------------------------- parser
+
+def add_signing_options(p: argparse.ArgumentParser) -> None:
+    """Options that choose the signer."""
+    p.add_argument("--key", "-k", metavar="PEM", help="private signing key (PEM: Ed25519, ECDSA P-256 or RSA); "
+                   "an encrypted key's password is read from OTA_KEY_PASSWORD")
+    p.add_argument("--backend", choices=("auto", "cryptography", "openssl"), default="auto",
+                   help="signing back-end: the cryptography library or the openssl command (default: auto, "
+                        "cryptography when installed)")
+    p.add_argument("--sign-command", metavar="CMD", help="external signer (HSM, PKCS#11, signing service): a command that "
+                   "reads the message on stdin (or from the file {in}) and prints the raw signature (or writes it to "
+                   "{out}); needs --public-key")
+    p.add_argument("--public-key", metavar="PEM", help="public key of the external signer's key")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ota-build`` argument parser."""
+    parser = _Parser(prog="ota-build", description="Create, sign, verify and ship OTA images (hub_update.bin).",
+                     epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("record", help="create the OTA record (full_ota_record.json)",
+                       description="Create full_ota_record.json from the partner config and a build number. "
+                                   "Without -s or -o it goes to BitBake's TMPDIR, as the original tool does. "
+                                   "id and versionNumber are derived locally (docs/record.md).")
+    p.add_argument("-c", "--conf", default=DEFAULT_CONFIG_NAME, help=f"config file (default: ./{DEFAULT_CONFIG_NAME})")
+    p.add_argument("-n", "--buildNum", required=True, metavar="N", help="build number (e.g. Jenkins' BUILD_NUMBER)")
+    p.add_argument("-d", "--debug-build", action="store_true", help="debug build: append 'd' to the version")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-s", action="store_true", help="write to the current directory instead of BitBake's TMPDIR")
+    where.add_argument("-o", "--output", metavar="PATH", help="write the record to PATH (a file, or a directory)")
+    p.add_argument("--version-number", metavar="N", help="set versionNumber explicitly (digits) instead of deriving it")
+    p.add_argument("--credentials", metavar="FILE", help="JSON file with username/userpw/auth-string (also OTA_CREDENTIALS_FILE)")
+    p.add_argument("--force", action="store_true", help="replace an existing record")
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("keygen", help="generate a signing key pair",
+                       description="Generate a PEM key pair: the private key (mode 0600) signs, the public key is "
+                                   "installed on devices to verify.")
+    p.add_argument("-a", "--algorithm", choices=KEYGEN_ALGORITHMS, default="ed25519", help="key type (default: ed25519)")
+    p.add_argument("-o", "--output", default="ota-signing", metavar="PREFIX",
+                   help="write PREFIX.key.pem and PREFIX.pub.pem (default: ota-signing)")
+    p.add_argument("--private", metavar="PATH", help="private key path (overrides PREFIX)")
+    p.add_argument("--public", metavar="PATH", help="public key path (overrides PREFIX)")
+    p.add_argument("--rsa-bits", type=int, default=3072, help="RSA modulus size (default: 3072)")
+    p.add_argument("--backend", choices=("auto", "cryptography", "openssl"), default="auto",
+                   help="generate with the cryptography library or the openssl command (default: auto)")
+    p.add_argument("--force", action="store_true", help="overwrite existing key files")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("package", help="wrap an image into a signed hub_update.bin",
+                       description="Wrap any file (the seed uses the rootfs .tar.gz) into hub_update.bin: a signed "
+                                   "header (docs/hub_update.bin.md) followed by the unchanged image, in one streaming pass.")
+    p.add_argument("image", help="the image to wrap (e.g. core-image-minimal-<machine>.rootfs.tar.gz)")
+    p.add_argument("-o", "--output", default="hub_update.bin", help="output file (default: hub_update.bin)")
+    p.add_argument("-r", "--record", metavar="FILE", help="OTA record giving versionNumber and type")
+    p.add_argument("--version-number", metavar="N", help="versionNumber (overrides the record's)")
+    p.add_argument("-t", "--type", type=int, metavar="T", help="OTA type byte (default: the record's, else 5 = HUB)")
+    p.add_argument("--embed-record", action="store_true", help="also embed the record in the header "
+                   "(makes the header longer than the 216 bytes Afero's device scripts expect)")
+    add_signing_options(p)
+    p.set_defaults(func=cmd_package)
+
+    p = sub.add_parser("verify", help="verify a hub_update.bin as a device does",
+                       description="Check magic, lengths, the signature against trusted keys, type, minimum "
+                                   "versionNumber and the payload digest. With --extract, write the payload only "
+                                   "after every check passed.", epilog=EXIT_CODES_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", help="the hub_update.bin to verify")
+    p.add_argument("-k", "--key", action="append", required=True, metavar="PEM",
+                   help="trusted public key (repeatable; a directory adds every *.pem in it)")
+    p.add_argument("-t", "--type", type=int, metavar="T", help="expected OTA type (e.g. 5)")
+    p.add_argument("--min-version-number", metavar="N", help="refuse versionNumbers below N (downgrade)")
+    p.add_argument("-x", "--extract", metavar="OUT", help="write the payload (without header) to OUT, atomically")
+    p.add_argument("--backend", choices=("auto", "cryptography", "openssl"), default="auto",
+                   help="verify with the cryptography library or the openssl command (default: auto)")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("inspect", help="print the header of a hub_update.bin",
+                       description="Print the header fields. Does not verify the signature or the payload.")
+    p.add_argument("file", help="the hub_update.bin to inspect")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("demo", help="run the whole flow on a generated sample image",
+                       description="Generate a sample rootfs tarball, a development key, a record and "
+                                   "hub_update.bin, then verify it; prints each step and where the files are.")
+    p.add_argument("--workdir", default="demo-output", help="where to put the files (default: ./demo-output)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``ota-build``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    return run_main(lambda: args.func(args), "ota-build", args.debug)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

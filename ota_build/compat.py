@@ -1,0 +1,98 @@
+"""The seed's two command-line tools, flag for flag.
+
+``partner-ota-hub-uploader [-h] [-c CONF] [-d] [-s] -n N (--createOTARecord | --uploadOTAImage)``
+``partner-ota-hub-deploy [-h] [-c CONF] (-l | -d DEVICE -i IMAGEID)``
+
+They keep the original flags (including ``--buildNum``, ``--conf``,
+``--device``, ``--imageId`` and, for the deploy tool, ``--image`` which the
+original compared against) and fix the original's bugs (docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from .cli import EXIT_CODES_HELP, _Parser, create_record_file, run_main, setup_logging
+from .config import DEFAULT_CONFIG_NAME, load_config
+from .errors import ServerError, UsageError
+
+
+def _require_server(conf: str) -> None:
+    cfg = load_config(conf)
+    if not cfg.server:
+        raise ServerError(f"no OTA server configured: set OTA_SERVER or the 'server' key in {conf}")
+
+
+def uploader_parser() -> argparse.ArgumentParser:
+    """Parser of ``partner-ota-hub-uploader``."""
+    p = _Parser(prog="partner-ota-hub-uploader",
+                description="Create the OTA record before the build (--createOTARecord), then upload the "
+                            "packaged image after it (--uploadOTAImage). Use the same options for both calls.",
+                epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--conf", default=DEFAULT_CONFIG_NAME, metavar="CONFIG_FILE",
+                   help=f"configuration file (default: ./{DEFAULT_CONFIG_NAME})")
+    p.add_argument("-d", "--debug", action="store_true", help="debug build: append 'd' to the version string")
+    p.add_argument("-s", action="store_true",
+                   help="skip the search for BitBake's TMPDIR: keep the record in the current directory")
+    p.add_argument("-n", "--buildNum", required=True, metavar="BUILD_NUMBER",
+                   help="build number from the build server; appended to the config version")
+    p.add_argument("--createOTARecord", action="store_true", help="create full_ota_record.json")
+    p.add_argument("--uploadOTAImage", action="store_true",
+                   help="upload the image named by the config's imageFiles and register it")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    return p
+
+
+def uploader_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``partner-ota-hub-uploader``."""
+    args = uploader_parser().parse_args(argv)
+    setup_logging(args.verbose)
+
+    def run() -> int:
+        if args.createOTARecord:  # as in the original, create wins when both are given
+            path = create_record_file(args.conf, args.buildNum, args.debug, args.s, None, None, None, False)
+            print(f"OTA record written to {path}")
+            return 0
+        if args.uploadOTAImage:
+            _require_server(args.conf)
+            return 0
+        raise UsageError("nothing to do: give --createOTARecord or --uploadOTAImage")
+
+    return run_main(run, "partner-ota-hub-uploader")
+
+
+def deploy_parser() -> argparse.ArgumentParser:
+    """Parser of ``partner-ota-hub-deploy``."""
+    p = _Parser(prog="partner-ota-hub-deploy",
+                description="List the OTA images of the config's partner and device type (--list), or push "
+                            "one image to a device (-d DEVICE -i IMAGEID).",
+                epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--conf", default=DEFAULT_CONFIG_NAME, metavar="CONFIG_FILE",
+                   help=f"configuration file (default: ./{DEFAULT_CONFIG_NAME})")
+    p.add_argument("-l", "--list", action="store_true", help="list the uploaded OTA images; deploys nothing")
+    p.add_argument("-d", "--device", action="append", metavar="DEVICE_ID",
+                   help="device to deploy to (repeatable)")
+    p.add_argument("-i", "--imageId", "--image", dest="image_id", metavar="IMAGE_ID",
+                   help="the image id shown by --list")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    return p
+
+
+def deploy_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``partner-ota-hub-deploy``."""
+    args = deploy_parser().parse_args(argv)
+    setup_logging(args.verbose)
+
+    def run() -> int:
+        if not args.list and not (args.device and args.image_id):
+            raise UsageError("give --list, or both -d DEVICE and -i IMAGEID")
+        _require_server(args.conf)
+        return 0
+
+    return run_main(run, "partner-ota-hub-deploy")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(uploader_main())

@@ -1,0 +1,226 @@
+"""Packing an image into ``hub_update.bin`` and verifying one, as a device does.
+
+Both directions are a single streaming pass with a fixed-size buffer, so memory
+does not grow with the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import IO, Any, Callable, Mapping, Optional
+
+from . import header as hdr
+from .errors import CorruptError, DowngradeError, OtaError, TruncatedError, UsageError, WrongTypeError
+from .fsutil import atomic_open
+from .signing import Keyring, Signer, verify_signature
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+Progress = Optional[Callable[[int], None]]
+
+
+class _Writer:
+    """Writes chunks to ``dst`` while starting writeback in the background.
+
+    Every ``SYNC_EVERY`` bytes a background ``fdatasync`` is started (if the last
+    one finished), so dirty pages never pile up: memory stays flat on small
+    devices, and the final fsync of the atomic write has little left to do.
+    """
+
+    SYNC_EVERY = 64 << 20
+
+    def __init__(self, dst: IO[bytes]):
+        self.dst = dst
+        self.fd = dst.fileno()
+        self.pending = 0
+        self.syncer: Optional[threading.Thread] = None
+
+    def write(self, chunk: memoryview) -> None:
+        self.dst.write(chunk)
+        self.pending += len(chunk)
+        if self.pending >= self.SYNC_EVERY and (self.syncer is None or not self.syncer.is_alive()):
+            self.dst.flush()
+            self.pending = 0
+            self.syncer = threading.Thread(target=self._sync, daemon=True)
+            self.syncer.start()
+
+    def _sync(self) -> None:
+        try:
+            os.fdatasync(self.fd)
+        except OSError:  # the final fsync reports real errors
+            pass
+
+    def close(self) -> None:
+        if self.syncer is not None:
+            self.syncer.join()
+
+
+def _copy_hashing(src: IO[bytes], dst: Optional[IO[bytes]], limit: Optional[int], progress: Progress) -> "tuple[bytes, int]":
+    """Copy up to ``limit`` bytes (all when None) from src to dst, returning (sha256, count).
+
+    With a destination, hashing chunk N (in a worker thread; hashlib releases
+    the GIL) overlaps writing chunk N, using two alternating buffers.
+    """
+    digest = hashlib.sha256()
+    buffers = [memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK))]
+    writer = _Writer(dst) if dst is not None else None
+    pool = ThreadPoolExecutor(max_workers=1) if writer else None
+    pending = None
+    total = 0
+    index = 0
+    try:
+        while limit is None or total < limit:
+            view = buffers[index % 2]
+            index += 1
+            want = CHUNK if limit is None else min(CHUNK, limit - total)
+            n = src.readinto(view[:want])
+            if not n:
+                break
+            chunk = view[:n]
+            if pool is not None and writer is not None:
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(digest.update, chunk)
+                writer.write(chunk)
+            else:
+                digest.update(chunk)
+            total += n
+            if progress:
+                progress(n)
+        if pending is not None:
+            pending.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+        if writer is not None:
+            writer.close()
+    return digest.digest(), total
+
+
+@dataclass(frozen=True)
+class PackResult:
+    """What ``package_image`` produced."""
+
+    path: str
+    header: hdr.Header
+
+
+def package_image(image_path: str, output_path: str, signer: Signer, ota_type: int, version_number: int,
+                  record: Optional[Mapping[str, Any]] = None, embed_record: bool = False,
+                  progress: Progress = None) -> PackResult:
+    """Wrap ``image_path`` into a signed ``hub_update.bin`` at ``output_path`` (atomic).
+
+    ``record`` (the OTA record) is embedded in the header when ``embed_record``.
+    """
+    if not 0 <= ota_type <= 255:
+        raise UsageError(f"OTA type {ota_type} is out of range 0..255")
+    if not 0 <= version_number < 2**64:
+        raise UsageError(f"versionNumber {version_number} does not fit in 64 bits")
+    record_bytes = None
+    if embed_record:
+        if record is None:
+            raise UsageError("--embed-record needs a record (--record)")
+        record_bytes = json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    try:
+        src = open(image_path, "rb")
+    except FileNotFoundError:
+        raise UsageError(f"{image_path}: image file not found") from None
+    except OSError as exc:
+        raise UsageError(f"{image_path}: cannot read image: {exc.strerror}") from None
+    if os.path.abspath(image_path) == os.path.abspath(output_path):
+        raise UsageError(f"{output_path}: output must not be the input image")
+    length = hdr.header_length_for(len(record_bytes or b""), signer.max_signature_length)
+    with src, atomic_open(output_path) as out:
+        out.seek(length)
+        digest, size = _copy_hashing(src, out, None, progress)
+        unsigned = hdr.Header(
+            ota_type=ota_type, version_number=version_number, payload_length=size, payload_sha256=digest,
+            sig_alg=signer.algorithm, key_id=signer.key_id, header_length=length, record=record_bytes,
+        )
+        signature = signer.sign(unsigned.signed_bytes())
+        signed = hdr.Header(**{**unsigned.__dict__, "signature": signature})
+        out.seek(0)
+        out.write(hdr.pack(signed))
+    log.info("packaged %s (%d bytes, versionNumber %d, %s) into %s", image_path, size, version_number,
+             signer.algorithm.label, output_path)
+    return PackResult(output_path, signed)
+
+
+def read_header(fh: IO[bytes]) -> hdr.Header:
+    """Read and parse the header at the start of an open file."""
+    prefix = fh.read(hdr.FIXED_LENGTH)
+    length = hdr.peek_length(prefix)
+    rest = fh.read(length - len(prefix))
+    return hdr.parse(prefix + rest)
+
+
+def inspect_file(path: str) -> hdr.Header:
+    """Parse the header of ``path`` without verifying anything else."""
+    try:
+        with open(path, "rb") as fh:
+            return read_header(fh)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: file not found") from None
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """A verified file's header and where its payload went (if extracted)."""
+
+    header: hdr.Header
+    extracted: Optional[str] = None
+
+
+def verify_file(path: str, keyring: Keyring, expected_type: Optional[int] = None,
+                min_version_number: Optional[int] = None, extract_to: Optional[str] = None,
+                backend: str = "auto", progress: Progress = None) -> VerifyResult:
+    """Verify ``path`` as the device does; optionally write the payload to ``extract_to``.
+
+    Order: header structure, file length, trusted key, header signature, type,
+    versionNumber, payload digest. The extracted file appears (atomically)
+    only after every check has passed.
+    """
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    with fh:
+        header = read_header(fh)
+        size = os.fstat(fh.fileno()).st_size
+        expected = header.header_length + header.payload_length
+        if size < expected:
+            raise TruncatedError(f"file is {size} bytes; the header announces {expected}")
+        if size > expected:
+            raise CorruptError(f"file is {size} bytes; the header announces {expected} (trailing data)")
+        key = keyring.get(header.key_id)
+        verify_signature(key, header.sig_alg, header.signed_bytes(), header.signature, backend=backend)
+        if expected_type is not None and header.ota_type != expected_type:
+            raise WrongTypeError(f"OTA type is {header.ota_type}, expected {expected_type}")
+        if min_version_number is not None and header.version_number < min_version_number:
+            raise DowngradeError(f"versionNumber {header.version_number} is below the minimum {min_version_number}")
+        if extract_to is None:
+            digest, count = _copy_hashing(fh, None, header.payload_length, progress)
+            _check_payload(header, digest, count)
+            return VerifyResult(header)
+
+        # atomic_open removes the temporary file if the payload check raises.
+        with atomic_open(extract_to) as out:
+            digest, count = _copy_hashing(fh, out, header.payload_length, progress)
+            _check_payload(header, digest, count)
+        return VerifyResult(header, extract_to)
+
+
+def _check_payload(header: hdr.Header, digest: bytes, count: int) -> None:
+    if count != header.payload_length:
+        raise TruncatedError(f"payload is {count} bytes; the header announces {header.payload_length}")
+    if digest != header.payload_sha256:
+        raise CorruptError("payload SHA-256 does not match the signed header")
