@@ -1,0 +1,70 @@
+"""``ota-agent``: the device agent's command line.
+
+``ota-agent [-c CONFIG] once``    one check: ask, download, verify, install, report
+``ota-agent [-c CONFIG] run``     poll every pollInterval and serve the local API
+``ota-agent [-c CONFIG] info``    print what is installed
+
+Exit codes of ``once``: 0 installed or no update, 1 install failed, 3 server
+unreachable/refused, 10-15 the image was refused (as ``ota-build verify``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from typing import Optional, Sequence
+
+from ..cli import EXIT_CODES_HELP, _Parser, run_main, setup_logging
+from .agent import Agent
+from .config import load_agent_config
+from .localapi import LocalApi
+
+DEFAULT_CONFIG = "/etc/ota-agent.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ota-agent`` parser."""
+    p = _Parser(prog="ota-agent", description="Device OTA agent: checks the OTA service for an update, downloads it "
+                "(resuming), verifies the signed header, installs it (command or A/B slots) and reports.",
+                epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"agent configuration (default: {DEFAULT_CONFIG})")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    sub.add_parser("once", help="check once and install an update if there is one")
+    sub.add_parser("run", help="poll forever and serve the local API on loopback")
+    sub.add_parser("info", help="print the installed version and the agent's last state (JSON)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``ota-agent``."""
+    args = build_parser().parse_args(argv)
+    setup_logging(max(args.verbose, 1))
+
+    def run() -> int:
+        agent = Agent(load_agent_config(args.config))
+        if args.command == "info":
+            print(json.dumps(agent.info(), indent=2, sort_keys=True))
+            return 0
+        if args.command == "once":
+            outcome = agent.check_once()
+            print(f"{outcome.state}: versionNumber {outcome.version_number} {outcome.message}".rstrip())
+            return outcome.exit_code
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        api = LocalApi(agent, agent.config.local_host, agent.config.local_port).start()
+        try:
+            agent.run(stop)
+        finally:
+            api.shutdown()
+        return 0
+
+    return run_main(run, "ota-agent")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
