@@ -27,3 +27,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .hypothesis
+
+## lint: ruff and mypy over the library, tests and benchmarks
+lint: $(STAMP)
+	$(BIN)/pip install --quiet ruff mypy
+	$(BIN)/ruff check ota_build tests benchmarks
+	$(BIN)/mypy ota_build

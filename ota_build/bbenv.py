@@ -50,8 +50,8 @@ def find_tmpdir(timeout: float = 600.0) -> str:
         raise UsageError(f"cannot find BitBake's TMPDIR: 'bitbake -e' took over {timeout:.0f}s; {HINT}") from None
     except OSError as exc:
         raise UsageError(f"cannot find BitBake's TMPDIR: cannot run bitbake: {exc.strerror}; {HINT}") from None
-    value = parse_bitbake_env(out.stdout) if out.returncode == 0 else None
-    if not value:
+    found = parse_bitbake_env(out.stdout) if out.returncode == 0 else None
+    if not found:
         last = (out.stderr.strip().splitlines() or ["no TMPDIR in its output"])[-1]
         raise UsageError(f"cannot find BitBake's TMPDIR: 'bitbake -e' failed ({last}); {HINT}")
-    return value
+    return found

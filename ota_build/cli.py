@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from . import __version__
 from .config import DEFAULT_CONFIG_NAME, load_config

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
 from .errors import ConfigError
-from .schema import load_schema, parse_json_file, validate
+from .schema import load_validated, parse_json_file
 
 log = logging.getLogger(__name__)
 
@@ -132,17 +132,7 @@ def load_config(path: str, credentials_path: Optional[str] = None,
     Raises ConfigError with one line naming the file and the field.
     """
     env = os.environ if env is None else env
-    try:
-        doc = parse_json_file(path)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read configuration file: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    problem = validate(load_schema("partner-ota-conf"), doc, backend=schema_backend)
-    if problem:
-        raise ConfigError(f"{path}: {problem}")
+    doc = load_validated(path, "partner-ota-conf", "configuration file", ConfigError, schema_backend)
 
     cred_file = credentials_path or env.get("OTA_CREDENTIALS_FILE") or ""
     from_file = _read_credentials_file(cred_file) if cred_file else {}

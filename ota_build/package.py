@@ -7,6 +7,7 @@ does not grow with the image.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Callable, Mapping, Optional
 
 from . import header as hdr
-from .errors import CorruptError, DowngradeError, OtaError, TruncatedError, UsageError, WrongTypeError
+from .errors import CorruptError, DowngradeError, TruncatedError, UsageError, WrongTypeError
 from .fsutil import atomic_open
 from .signing import Keyring, Signer, verify_signature
 
@@ -62,7 +63,7 @@ class _Writer:
             self.syncer.join()
 
 
-def _copy_hashing(src: IO[bytes], dst: Optional[IO[bytes]], limit: Optional[int], progress: Progress) -> "tuple[bytes, int]":
+def _copy_hashing(src: io.BufferedReader, dst: Optional[IO[bytes]], limit: Optional[int], progress: Progress) -> "tuple[bytes, int]":
     """Copy up to ``limit`` bytes (all when None) from src to dst, returning (sha256, count).
 
     With a destination, hashing chunk N (in a worker thread; hashlib releases
@@ -104,6 +105,16 @@ def _copy_hashing(src: IO[bytes], dst: Optional[IO[bytes]], limit: Optional[int]
     return digest.digest(), total
 
 
+def _open_input(path: str, what: str) -> io.BufferedReader:
+    """Open ``path`` for reading; UsageError naming it when that fails."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read {what}: {exc.strerror}") from None
+
+
 @dataclass(frozen=True)
 class PackResult:
     """What ``package_image`` produced."""
@@ -128,12 +139,7 @@ def package_image(image_path: str, output_path: str, signer: Signer, ota_type: i
         if record is None:
             raise UsageError("--embed-record needs a record (--record)")
         record_bytes = json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    try:
-        src = open(image_path, "rb")
-    except FileNotFoundError:
-        raise UsageError(f"{image_path}: image file not found") from None
-    except OSError as exc:
-        raise UsageError(f"{image_path}: cannot read image: {exc.strerror}") from None
+    src = _open_input(image_path, "image file")
     if os.path.abspath(image_path) == os.path.abspath(output_path):
         raise UsageError(f"{output_path}: output must not be the input image")
     length = hdr.header_length_for(len(record_bytes or b""), signer.max_signature_length)
@@ -153,7 +159,7 @@ def package_image(image_path: str, output_path: str, signer: Signer, ota_type: i
     return PackResult(output_path, signed)
 
 
-def read_header(fh: IO[bytes]) -> hdr.Header:
+def read_header(fh: io.BufferedReader) -> hdr.Header:
     """Read and parse the header at the start of an open file."""
     prefix = fh.read(hdr.FIXED_LENGTH)
     length = hdr.peek_length(prefix)
@@ -163,11 +169,8 @@ def read_header(fh: IO[bytes]) -> hdr.Header:
 
 def inspect_file(path: str) -> hdr.Header:
     """Parse the header of ``path`` without verifying anything else."""
-    try:
-        with open(path, "rb") as fh:
-            return read_header(fh)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: file not found") from None
+    with _open_input(path, "file") as fh:
+        return read_header(fh)
 
 
 @dataclass(frozen=True)
@@ -187,13 +190,7 @@ def verify_file(path: str, keyring: Keyring, expected_type: Optional[int] = None
     versionNumber, payload digest. The extracted file appears (atomically)
     only after every check has passed.
     """
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
-    with fh:
+    with _open_input(path, "file") as fh:
         header = read_header(fh)
         size = os.fstat(fh.fileno()).st_size
         expected = header.header_length + header.payload_length

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from .config import OtaConfig
 from .errors import RecordError
 from .fsutil import atomic_write_text
-from .schema import load_schema, parse_json_file, validate
+from .schema import load_schema, load_validated, validate
 from .version import resolve_version_number, version_string
 
 RECORD_NAME = "full_ota_record.json"
@@ -102,13 +102,5 @@ def load_record(path: str) -> Record:
         if not found:
             raise RecordError(f"{path}: no {RECORD_NAME} (or full-ota-record.json) in this directory")
         path = found
-    try:
-        doc = parse_json_file(path)
-    except FileNotFoundError:
-        raise RecordError(f"{path}: OTA record not found") from None
-    except OSError as exc:
-        raise RecordError(f"{path}: cannot read OTA record: {exc.strerror}") from None
-    except ValueError as exc:
-        raise RecordError(str(exc)) from None
-    check_record(doc, path)
+    doc = load_validated(path, "full_ota_record", "OTA record", RecordError)
     return doc

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import re
 from importlib import resources
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Type
+
+from .errors import UsageError
 
 JSON = Any
 
@@ -207,3 +209,24 @@ def parse_json_file(path: str) -> JSON:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+
+
+def load_validated(path: str, schema_name: str, what: str, error: Type[UsageError] = UsageError,
+                   backend: Optional[str] = None) -> JSON:
+    """Read ``path`` and validate it against the packaged schema ``schema_name``.
+
+    Every failure raises ``error`` with one line naming the file (and the
+    field): missing file, unreadable file, bad JSON, schema violation.
+    """
+    try:
+        doc = parse_json_file(path)
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise error(str(exc)) from None
+    problem = validate(load_schema(schema_name), doc, backend=backend)
+    if problem:
+        raise error(f"{path}: {problem}")
+    return doc

@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .errors import BadSignatureError, KeyError_, SigningError, UnknownKeyError
 from .fsutil import atomic_write_bytes
@@ -45,6 +45,17 @@ _OID_RSA = bytes.fromhex("06092a864886f70d010101")
 _OID_RSA_PSS = bytes.fromhex("06092a864886f70d01010a")
 _PEM_RE = re.compile(rb"-----BEGIN PUBLIC KEY-----\s*(.+?)\s*-----END PUBLIC KEY-----", re.S)
 PASSWORD_ENV = "OTA_KEY_PASSWORD"
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` becomes ``cryptography`` when the library is importable, else ``openssl``."""
+    if backend != "auto":
+        return backend
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        return "openssl"
+    return "cryptography"
 
 
 # --------------------------------------------------------------------------- public keys
@@ -204,14 +215,15 @@ class CryptographySigner(Signer):
 
     def sign(self, message: bytes) -> bytes:
         from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec, padding
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-        alg = self.algorithm
-        if alg is SigAlg.ED25519:
-            return self._key.sign(message)
-        if alg is SigAlg.ECDSA_P256_SHA256:
-            return self._key.sign(message, ec.ECDSA(hashes.SHA256()))
-        return self._key.sign(message, padding.PSS(padding.MGF1(hashes.SHA256()), PSS_SALT_LENGTH), hashes.SHA256())
+        key = self._key
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            return key.sign(message)
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            return key.sign(message, ec.ECDSA(hashes.SHA256()))
+        assert isinstance(key, rsa.RSAPrivateKey)
+        return key.sign(message, padding.PSS(padding.MGF1(hashes.SHA256()), PSS_SALT_LENGTH), hashes.SHA256())
 
 
 def _run(cmd: Sequence[str], what: str, stdin: Optional[bytes] = None, env: Optional[Dict[str, str]] = None) -> bytes:
@@ -309,12 +321,7 @@ def make_signer(key: Optional[str] = None, backend: str = "auto", command: Optio
         return CommandSigner(command, public_key)
     if not key:
         raise KeyError_("no signing key given (--key)")
-    if backend == "auto":
-        try:
-            import cryptography  # noqa: F401
-            backend = "cryptography"
-        except ImportError:
-            backend = "openssl"
+    backend = resolve_backend(backend)
     if backend == "cryptography":
         return CryptographySigner(key)
     if backend == "openssl":
@@ -329,12 +336,7 @@ def verify_signature(key: PublicKey, alg: SigAlg, message: bytes, signature: byt
     """Raise BadSignatureError unless ``signature`` is valid for ``message``."""
     if alg is not key.algorithm:
         raise BadSignatureError(f"header says {alg.label} but the trusted key is {key.algorithm.label}")
-    if backend == "auto":
-        try:
-            import cryptography  # noqa: F401
-            backend = "cryptography"
-        except ImportError:
-            backend = "openssl"
+    backend = resolve_backend(backend)
     if backend == "cryptography":
         _verify_cryptography(key, alg, message, signature)
     elif backend == "openssl":
@@ -346,16 +348,18 @@ def verify_signature(key: PublicKey, alg: SigAlg, message: bytes, signature: byt
 def _verify_cryptography(key: PublicKey, alg: SigAlg, message: bytes, signature: bytes) -> None:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, padding
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
     pub = serialization.load_der_public_key(key.der)
     try:
-        if alg is SigAlg.ED25519:
+        if isinstance(pub, ed25519.Ed25519PublicKey):
             pub.verify(signature, message)
-        elif alg is SigAlg.ECDSA_P256_SHA256:
+        elif isinstance(pub, ec.EllipticCurvePublicKey):
             pub.verify(signature, message, ec.ECDSA(hashes.SHA256()))
-        else:
+        elif isinstance(pub, rsa.RSAPublicKey):
             pub.verify(signature, message, padding.PSS(padding.MGF1(hashes.SHA256()), PSS_SALT_LENGTH), hashes.SHA256())
+        else:
+            raise BadSignatureError(f"unsupported public key type for {alg.label}")
     except (InvalidSignature, ValueError):
         raise BadSignatureError("signature does not verify") from None
 
@@ -395,16 +399,12 @@ def generate_key(algorithm: str, private_path: str, public_path: str, backend: s
     for path in (private_path, public_path):
         if os.path.exists(path) and not overwrite:
             raise KeyError_(f"{path}: already exists (refusing to overwrite a key; use --force)")
-    if backend == "auto":
-        try:
-            import cryptography  # noqa: F401
-            backend = "cryptography"
-        except ImportError:
-            backend = "openssl"
+    backend = resolve_backend(backend)
     if backend == "cryptography":
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+        key: Any
         if algorithm == "ed25519":
             key = ed25519.Ed25519PrivateKey.generate()
         elif algorithm == "ecdsa-p256":

@@ -10,6 +10,7 @@ import pytest
 
 from ota_build.errors import (BadSignatureError, CorruptError, DowngradeError, TruncatedError, UnknownKeyError,
                               VerifyError, WrongTypeError)
+from ota_build.errors import UsageError
 from ota_build.package import inspect_file, package_image, verify_file
 from ota_build.sample import make_sample_rootfs
 from ota_build.signing import Keyring, make_signer
@@ -224,7 +225,7 @@ def test_inspect_garbage(tmp_path):
 def test_output_not_replaced_when_packaging_fails(keys, image, tmp_path):
     out = tmp_path / "hub_update.bin"
     out.write_bytes(b"old release")
-    with pytest.raises(Exception):
+    with pytest.raises(UsageError, match="64 bits"):
         package_image(image, str(out), make_signer(keys["ed25519"]["private"]), 5, 2**64)
     assert out.read_bytes() == b"old release"
     assert sorted(os.listdir(tmp_path)) == sorted(["hub_update.bin", "rootfs.tar.gz"])

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..errors import ConfigError
-from ..schema import load_schema, parse_json_file, validate
+from ..schema import load_validated
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +57,7 @@ class AgentConfig:
 def load_agent_config(path: str, env: Optional[Mapping[str, str]] = None) -> AgentConfig:
     """Load and validate the agent config; ConfigError names the file and field."""
     env = os.environ if env is None else env
-    try:
-        doc = parse_json_file(path)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: agent configuration not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read agent configuration: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    problem = validate(load_schema("ota-agent"), doc)
-    if problem:
-        raise ConfigError(f"{path}: {problem}")
+    doc = load_validated(path, "ota-agent", "agent configuration", ConfigError)
     installer = doc["installer"]
     if installer["type"] == "command" and not installer.get("command"):
         raise ConfigError(f"{path}: field 'installer.command': is missing (needed by the command installer)")
