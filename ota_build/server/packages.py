@@ -28,7 +28,6 @@ router = APIRouter(tags=["packages (seed 001)"])
 
 REQUIRED_KEYS = ("package", "version", "branch", "local", "remote", "sha256", "BeforeUpdate", "AfterUpdate",
                  "dependencies")
-Name = Query(None, max_length=100)
 
 
 def version_key(version: str) -> str:
@@ -51,7 +50,7 @@ def test() -> Dict[str, int]:
 
 
 @router.get("/latestVersion")
-def latest_version(request: Request, package: Optional[str] = Name, branch: Optional[str] = Name) -> JSONResponse:
+def latest_version(request: Request, package: Optional[str] = Query(None, max_length=100), branch: Optional[str] = Query(None, max_length=100)) -> JSONResponse:
     """The highest version's ``content.json`` (as a JSON string, like the original)."""
     if not package or not branch:
         return body(400, message="parameters 'package' and 'branch' are required")
@@ -64,8 +63,8 @@ def latest_version(request: Request, package: Optional[str] = Name, branch: Opti
 
 
 @router.get("/getVersion")
-def get_version(request: Request, package: Optional[str] = Name, branch: Optional[str] = Name,
-                version: Optional[str] = Name) -> JSONResponse:
+def get_version(request: Request, package: Optional[str] = Query(None, max_length=100), branch: Optional[str] = Query(None, max_length=100),
+                version: Optional[str] = Query(None, max_length=100)) -> JSONResponse:
     """Every version matching the filters (``package`` required); an empty list when none."""
     if not package:
         return body(400, message="parameter 'package' is required")
@@ -168,18 +167,19 @@ def _send(request: Request, package: str, branch: str, filename: str) -> Respons
     return RangeFileResponse(path, media_type="application/zip")
 
 
-PathPart = Path(..., max_length=100)
 
 
 @router.get("/otafiles/{package}/{branch}/{filename}", response_class=Response,
             responses={200: {"content": {"application/zip": {}}}})
-def otafiles(request: Request, package: str = PathPart, branch: str = PathPart, filename: str = PathPart) -> Response:
+def otafiles(request: Request, package: str = Path(..., max_length=100), branch: str = Path(..., max_length=100),
+            filename: str = Path(..., max_length=100)) -> Response:
     """A package file, at the path the seed document gives."""
     return _send(request, package, branch, filename)
 
 
 @router.get("/ota-files/{package}/{branch}/{filename}", response_class=Response,
             responses={200: {"content": {"application/zip": {}}}})
-def ota_files(request: Request, package: str = PathPart, branch: str = PathPart, filename: str = PathPart) -> Response:
+def ota_files(request: Request, package: str = Path(..., max_length=100), branch: str = Path(..., max_length=100),
+            filename: str = Path(..., max_length=100)) -> Response:
     """The same file at the path the original code served."""
     return _send(request, package, branch, filename)
