@@ -1,6 +1,7 @@
 """``ota-build``: the command-line entry point.
 
-Subcommands: record, keygen, package, verify, inspect, demo. Exit codes are
+Subcommands: record, keygen, package, verify, inspect, demo, and (server_cli.py)
+serve, admin, upload, list, deploy, devices, pack. Exit codes are
 listed in ``ota_build.errors`` and docs/exit-codes.md; every failure is one line
 on stderr, never a traceback (``--debug`` shows one).
 """
@@ -263,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "hub_update.bin, then verify it; prints each step and where the files are.")
     p.add_argument("--workdir", default="demo-output", help="where to put the files (default: ./demo-output)")
     p.set_defaults(func=cmd_demo)
+
+    from .server_cli import add_server_commands
+
+    add_server_commands(sub)
     return parser
 
 

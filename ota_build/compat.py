@@ -11,18 +11,21 @@ original compared against) and fix the original's bugs (docs/decisions.md).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
-from .cli import EXIT_CODES_HELP, _Parser, create_record_file, run_main, setup_logging
-from .config import DEFAULT_CONFIG_NAME, load_config
+from .cli import EXIT_CODES_HELP, _Parser, create_record_file, record_output_path, run_main, setup_logging
+from .config import DEFAULT_CONFIG_NAME, OtaConfig, load_config
 from .errors import ServerError, UsageError
+from .record import find_record
 
 
-def _require_server(conf: str) -> None:
+def _require_server(conf: str) -> OtaConfig:
     cfg = load_config(conf)
     if not cfg.server:
         raise ServerError(f"no OTA server configured: set OTA_SERVER or the 'server' key in {conf}")
+    return cfg
 
 
 def uploader_parser() -> argparse.ArgumentParser:
@@ -52,11 +55,32 @@ def uploader_main(argv: Optional[Sequence[str]] = None) -> int:
 
     def run() -> int:
         if args.createOTARecord:  # as in the original, create wins when both are given
-            path = create_record_file(args.conf, args.buildNum, args.debug, args.s, None, None, None, False)
-            print(f"OTA record written to {path}")
+            cfg = load_config(args.conf)
+            if not cfg.server:  # offline: id and versionNumber derived locally (docs/record.md)
+                path = create_record_file(args.conf, args.buildNum, args.debug, args.s, None, None, None, False)
+                print(f"OTA record written to {path}")
+                return 0
+            from .deploy import register_record
+
+            path = record_output_path(None, args.s)
+            existing = path if os.path.exists(path) else find_record(os.path.dirname(path) or ".")
+            if existing:
+                raise UsageError(f"{existing}: an OTA record already exists (remove it first)")
+            record = register_record(cfg, args.buildNum, args.debug, path)
+            print(f"OTA record written to {path} (id {record['id']}, versionNumber {record['versionNumber']})")
             return 0
         if args.uploadOTAImage:
-            _require_server(args.conf)
+            from .deploy import locate_record, resolve_image, upload_image
+
+            cfg = _require_server(args.conf)
+            record_path = locate_record(record_output_path(None, args.s))
+            result = upload_image(cfg, record_path, resolve_image(cfg))
+            if result.already:
+                print(f"versionNumber {result.record['versionNumber']} is already uploaded")
+            else:
+                image_id = result.image["id"] if result.image else "(already associated)"
+                print(f"uploaded {result.record['name']} {result.record['version']} (versionNumber "
+                      f"{result.record['versionNumber']}, sha256 {result.sha256}); image id {image_id}")
             return 0
         raise UsageError("nothing to do: give --createOTARecord or --uploadOTAImage")
 
@@ -74,6 +98,8 @@ def deploy_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--list", action="store_true", help="list the uploaded OTA images; deploys nothing")
     p.add_argument("-d", "--device", action="append", metavar="DEVICE_ID",
                    help="device to deploy to (repeatable)")
+    p.add_argument("-g", "--group", metavar="GROUP",
+                   help="deploy to every device of this group (set with 'ota-build admin device-token --group')")
     p.add_argument("-i", "--imageId", "--image", dest="image_id", metavar="IMAGE_ID",
                    help="the image id shown by --list")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -86,9 +112,19 @@ def deploy_main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(args.verbose)
 
     def run() -> int:
-        if not args.list and not (args.device and args.image_id):
-            raise UsageError("give --list, or both -d DEVICE and -i IMAGEID")
-        _require_server(args.conf)
+        if not args.list and not ((args.device or args.group) and args.image_id):
+            raise UsageError("give --list, or -d DEVICE (or -g GROUP) and -i IMAGEID")
+        cfg = _require_server(args.conf)
+        from .deploy import deploy, format_table
+
+        if args.list:
+            from .client import OtaClient
+
+            cfg.require("deviceTypeId")
+            print(format_table(OtaClient(cfg).list_images(cfg.device_type_id, cfg.ota_type)))
+            return 0
+        deploy(cfg, args.image_id, args.device or [], args.group)
+        print("Request accepted for processing")
         return 0
 
     return run_main(run, "partner-ota-hub-deploy")

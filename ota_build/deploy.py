@@ -1,0 +1,116 @@
+"""The partner-side flows over ``OtaClient``: register a record, upload and
+associate an image, list images, deploy. Shared by ``partner-ota-hub-uploader``,
+``partner-ota-hub-deploy`` and ``ota-build upload/list/deploy``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from .client import OtaClient
+from .config import OtaConfig
+from .errors import RecordError, ServerError, UsageError
+from .package import inspect_file
+from .record import RECORD_NAME, find_record, load_record, write_record
+from .version import parse_build_number, version_string
+
+log = logging.getLogger(__name__)
+
+
+def register_record(cfg: OtaConfig, build_number: str, debug: bool, path: str,
+                    client: Optional[OtaClient] = None) -> Dict[str, Any]:
+    """Create the record on the server (it assigns id and versionNumber) and write it to ``path``."""
+    client = client or OtaClient(cfg)
+    version = version_string(cfg.version, parse_build_number(build_number), debug)
+    if client.record_exists(cfg.name, version, cfg.ota_type):
+        raise ServerError(f"version {version} of {cfg.name} is already registered on {cfg.server}; "
+                          f"use another build number")
+    record = client.create_record(cfg.name, cfg.description, version, cfg.ota_type, cfg.tags)
+    record.setdefault("tags", list(cfg.tags))
+    write_record(record, path)
+    log.info("registered %s %s: id %s, versionNumber %s", cfg.name, version, record.get("id"),
+             record.get("versionNumber"))
+    return record
+
+
+def locate_record(path_or_dir: str) -> str:
+    """The record file at ``path_or_dir`` (a file, or a directory holding one)."""
+    if os.path.isdir(path_or_dir):
+        found = find_record(path_or_dir)
+        if not found:
+            raise RecordError(f"{path_or_dir}: no {RECORD_NAME}: run --createOTARecord first")
+        return found
+    if not os.path.exists(path_or_dir):
+        raise RecordError(f"{path_or_dir}: no OTA record: run --createOTARecord first")
+    return path_or_dir
+
+
+def resolve_image(cfg: OtaConfig, image: Optional[str] = None) -> str:
+    """The image to upload: ``image``, else the config's imageFiles A/a (cwd, then the config's directory)."""
+    name = image or cfg.image_file
+    for candidate in (name, os.path.join(os.path.dirname(os.path.abspath(cfg.path)), name)):
+        if os.path.isfile(candidate):
+            return candidate
+    raise UsageError(f"{cfg.path}: field 'imageFiles': image file {name!r} not found")
+
+
+@dataclass
+class UploadResult:
+    """What an upload did."""
+
+    record: Dict[str, Any]
+    sha256: str
+    url: str
+    image: Optional[Dict[str, Any]]
+    already: bool = False
+
+
+def upload_image(cfg: OtaConfig, record_path: str, image_path: str, client: Optional[OtaClient] = None,
+                 show_progress: bool = True) -> UploadResult:
+    """Upload the image, move it to the repository, set the record's url and associate it."""
+    cfg.require("deviceTypeId")
+    record = load_record(record_path)
+    if record["version"] != cfg.version and not str(record["version"]).startswith(cfg.version + "."):
+        raise RecordError(f"{record_path}: version {record['version']} is not a build of the config's "
+                          f"version {cfg.version}")
+    header = inspect_file(image_path)
+    if str(header.version_number) != str(record["versionNumber"]):
+        raise UsageError(f"{image_path}: header versionNumber {header.version_number} differs from the record's "
+                         f"{record['versionNumber']} (package the image with this record)")
+    client = client or OtaClient(cfg)
+    if client.is_associated(cfg.device_type_id, int(record["type"]), str(record["versionNumber"])):
+        log.warning("versionNumber %s is already uploaded and associated; nothing to do", record["versionNumber"])
+        return UploadResult(record, "", record.get("url", ""), None, already=True)
+    sha = client.upload_binary(image_path, show_progress=show_progress)
+    url = client.move_to_repository(sha)
+    record["url"] = url
+    client.update_record(record)
+    write_record(record, record_path)
+    try:
+        image = client.associate(cfg.device_type_id, record)
+    except ServerError as exc:
+        if "HTTP 409" not in str(exc):
+            raise
+        image = None
+    return UploadResult(record, sha, url, image)
+
+
+def format_table(images: List[Dict[str, Any]]) -> str:
+    """The seed's list table: Image Id, Version, Name, Description."""
+    lines = [f"{'Image Id':<10} {'Version':<16} {'Name':<36} Description"]
+    for img in images:
+        lines.append(f"{str(img.get('id', '')):<10} {str(img.get('version', '')):<16} "
+                     f"{str(img.get('name', '')):<36} {img.get('description', '') or ''}")
+    return "\n".join(lines)
+
+
+def deploy(cfg: OtaConfig, image_id: str, devices: List[str], group: Optional[str] = None,
+           client: Optional[OtaClient] = None) -> int:
+    """Push ``image_id`` to devices and/or a group."""
+    cfg.require("deviceTypeId")
+    if not image_id.isdigit():
+        raise UsageError(f"-i/--imageId: {image_id!r} is not an image id (digits, see --list)")
+    client = client or OtaClient(cfg)
+    return client.push(cfg.device_type_id, image_id, devices, group)

@@ -1,0 +1,98 @@
+"""The FastAPI application: settings, error format and the routers.
+
+``create_app(settings)`` builds an app; ``app_from_env()`` is the factory
+uvicorn workers call (settings from ``OTA_DATA_DIR``, ``OTA_DATABASE_URL``,
+``OTA_MAX_UPLOAD_BYTES``). Debug mode does not exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from .db import open_database
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD = 4 * 1024 ** 3
+REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+           409: "Conflict", 413: "Payload Too Large", 416: "Range Not Satisfiable", 422: "Unprocessable Entity"}
+
+
+class RangeFileResponse(FileResponse):
+    """FileResponse (Range/206 support, sent in large chunks)."""
+
+    chunk_size = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Server settings."""
+
+    data_dir: str
+    database_url: Optional[str] = None
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD
+    run_migrations: bool = True
+
+
+def settings_from_env() -> Settings:
+    """Settings from the environment (set by ``ota-build serve`` for its workers)."""
+    return Settings(data_dir=os.environ.get("OTA_DATA_DIR", "ota-data"),
+                    database_url=os.environ.get("OTA_DATABASE_URL") or None,
+                    max_upload_bytes=int(os.environ.get("OTA_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD)),
+                    run_migrations=os.environ.get("OTA_SKIP_MIGRATIONS") != "1")
+
+
+def _error(status: int, message: str, path: str) -> JSONResponse:
+    # Spring Boot's error shape, which the original tools parse (minus the stack trace).
+    return JSONResponse({"status": status, "error": REASONS.get(status, "Error"), "message": message, "path": path},
+                        status_code=status)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the application over ``settings`` (opens the DB, applies migrations)."""
+    from . import afero, device, packages, web
+
+    app = FastAPI(title="meta-ota OTA service", version=__version__, debug=False,
+                  description="Afero-compatible partner OTA API, device API and seed-001 package API. "
+                              "See docs/server.md.")
+    app.state.settings = settings
+    app.state.db = open_database(settings.data_dir, settings.database_url, run_migrations=settings.run_migrations)
+    app.state.storage = Storage(settings.data_dir, settings.max_upload_bytes)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        resp = _error(exc.status_code, str(exc.detail), request.url.path)
+        for key, value in (getattr(exc, "headers", None) or {}).items():
+            resp.headers[key] = value
+        return resp
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first: Any = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header", "form"))
+        return _error(400, f"field '{where}': {first.get('msg', 'invalid')}", request.url.path)
+
+    app.include_router(afero.router)
+    app.include_router(device.router)
+    app.include_router(packages.router)
+    app.include_router(web.router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory: ``uvicorn --factory ota_build.server.app:app_from_env``."""
+    return create_app(settings_from_env())
+
+
+__all__ = ["create_app", "app_from_env", "Settings", "RangeFileResponse", "HTTPException"]

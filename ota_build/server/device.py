@@ -1,0 +1,115 @@
+"""The device API: is there an update, download it (HTTP Range), report state.
+
+Authentication: ``Authorization: Bearer <device token>`` (``ota-build admin
+device-token``); a token only works for its own deviceId.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import or_, select
+
+from .afero import REPO_URL_RE
+from .auth import Principal, authenticate, require_device
+from .models import Binary, Deployment, Device, FirmwareImage, OtaRecord, utcnow
+
+router = APIRouter(tags=["device"])
+DeviceId = Path(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", description="deviceId")
+STATES = ("downloading", "installing", "installed", "failed", "rejected")
+
+
+class StatusIn(BaseModel):
+    """A device's report."""
+
+    state: str = Field(..., pattern="^(" + "|".join(STATES) + ")$")
+    versionNumber: str = Field("", pattern=r"^[0-9]{0,20}$")
+    message: str = Field("", max_length=500)
+
+
+def _deployed(s, dev: Device, ota_type: Optional[int] = None, image_id: Optional[int] = None):  # noqa: ANN001, ANN202
+    """Query of (image, record) pushed to ``dev`` or its group."""
+    targets = [Deployment.device_pk == dev.id]
+    if dev.group_name:
+        targets.append(Deployment.group_name == dev.group_name)
+    q = (select(FirmwareImage, OtaRecord).join(Deployment, Deployment.image_pk == FirmwareImage.id)
+         .join(OtaRecord, OtaRecord.id == FirmwareImage.record_pk)
+         .where(or_(*targets), FirmwareImage.device_type_pk == dev.device_type_pk))
+    if ota_type is not None:
+        q = q.where(FirmwareImage.ota_type == ota_type)
+    if image_id is not None:
+        q = q.where(FirmwareImage.id == image_id)
+    return q
+
+
+def _binary(s, rec: OtaRecord) -> Optional[Binary]:  # noqa: ANN001
+    m = REPO_URL_RE.search(rec.url or "")
+    if not m:
+        return None
+    return s.scalar(select(Binary).where(Binary.partner_pk == rec.partner_pk, Binary.sha256 == m.group(1)))
+
+
+def _device(request: Request, principal: Principal, device_id: str) -> Tuple[Any, Device]:
+    require_device(principal, device_id)
+    s = request.app.state.db.session()
+    dev = s.get(Device, principal.device_pk)
+    if dev is None:  # pragma: no cover - tokens cascade with the device
+        s.close()
+        raise HTTPException(404, "device not found")
+    return s, dev
+
+
+@router.get("/v1/devices/{deviceId}/update", responses={204: {"description": "no update"}})
+def check_update(request: Request, deviceId: str = DeviceId, type: int = Query(5, ge=0, le=255),
+                 versionNumber: int = Query(0, ge=0, le=2 ** 63 - 1),
+                 principal: Principal = Depends(authenticate)) -> Response:
+    """The newest image pushed to this device (or its group) above ``versionNumber``, else 204."""
+    s, dev = _device(request, principal, deviceId)
+    with s:
+        row = s.execute(_deployed(s, dev, ota_type=type).where(FirmwareImage.version_number > versionNumber)
+                        .order_by(FirmwareImage.version_number.desc()).limit(1)).first()
+        if row is None:
+            return Response(status_code=204)
+        img, rec = row
+        binary = _binary(s, rec)
+        if binary is None:
+            return Response(status_code=204)
+        body = {"versionNumber": str(img.version_number), "version": rec.version, "imageId": str(img.id),
+                "size": binary.size, "sha256": binary.sha256, "url": f"/v1/devices/{deviceId}/images/{img.id}"}
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(body)
+
+
+@router.get("/v1/devices/{deviceId}/images/{imageId}", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "a range"}})
+def download_image(request: Request, deviceId: str = DeviceId, imageId: int = Path(..., ge=1, le=2 ** 62),
+                   principal: Principal = Depends(authenticate)) -> Response:
+    """The hub_update.bin of an image pushed to this device; supports ``Range`` (206) to resume."""
+    from .app import RangeFileResponse
+
+    s, dev = _device(request, principal, deviceId)
+    with s:
+        row = s.execute(_deployed(s, dev, image_id=imageId).limit(1)).first()
+        binary = _binary(s, row[1]) if row else None
+        if binary is None:
+            raise HTTPException(404, f"image {imageId} was not deployed to {deviceId}")
+        sha = binary.sha256
+    return RangeFileResponse(request.app.state.storage.blob_path(sha), media_type="application/octet-stream",
+                             headers={"ETag": f'"{sha}"'})
+
+
+@router.post("/v1/devices/{deviceId}/status", status_code=204)
+def report_status(request: Request, body: StatusIn, deviceId: str = DeviceId,
+                  principal: Principal = Depends(authenticate)) -> Response:
+    """Store the device's last state (shown on the web page and in the partner's device list)."""
+    s, dev = _device(request, principal, deviceId)
+    with s:
+        dev.state = body.state
+        dev.state_version_number = body.versionNumber or None
+        dev.state_message = body.message
+        dev.state_updated = utcnow()
+        s.commit()
+    return Response(status_code=204)

@@ -1,0 +1,180 @@
+"""The data directory: uploaded files, streamed to disk and published atomically.
+
+Layout under ``<data-dir>``::
+
+    tmp/                  uploads being received (removed on any failure)
+    uploads/<id>.part     resumable upload sessions
+    blobs/<sha256>        verified hub_update.bin files (content-addressed)
+    otafiles/<pkg>/<branch>/<pkg>-<branch>-<version>.zip   seed-001 packages
+
+A file appears under its final name only by ``os.replace`` after it was
+written completely, fsync'd and verified, so a killed upload leaves nothing
+visible and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import AsyncIterator, Iterable, Optional, Tuple
+
+from ..errors import CorruptError, TruncatedError
+from ..fsutil import _fsync_dir
+from ..header import Header
+from ..package import read_header, verify_file
+from ..signing import Keyring, public_key_from_pem
+
+CHUNK = 1024 * 1024
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+
+
+class TooLarge(Exception):
+    """The body exceeds the configured size limit."""
+
+
+def check_name(value: str, field: str) -> str:
+    """Return ``value`` if it is a safe path component, else raise ValueError naming ``field``."""
+    if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
+        raise ValueError(f"field '{field}': must be 1-100 characters of A-Z a-z 0-9 . _ + - "
+                         f"(not starting with a dot, no '..')")
+    return value
+
+
+class Storage:
+    """Files of one data directory."""
+
+    def __init__(self, data_dir: str, max_upload_bytes: int):
+        self.root = Path(data_dir).resolve()
+        self.max_upload_bytes = max_upload_bytes
+        for sub in ("tmp", "uploads", "blobs", "otafiles"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ receiving
+    def temp_file(self) -> Tuple[int, str]:
+        """A new temporary file in ``tmp/`` (fd, path)."""
+        return tempfile.mkstemp(prefix="upload-", suffix=".tmp", dir=str(self.root / "tmp"))
+
+    async def receive(self, chunks: AsyncIterator[bytes]) -> Tuple[str, str, int]:
+        """Stream ``chunks`` into a temporary file: (path, sha256 hex, size).
+
+        Raises TooLarge past the limit; the temporary file is removed on any error.
+        """
+        fd, path = self.temp_file()
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > self.max_upload_bytes:
+                        raise TooLarge(f"upload exceeds the limit of {self.max_upload_bytes} bytes")
+                    digest.update(chunk)
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            discard(path)
+            raise
+        return path, digest.hexdigest(), size
+
+    def copy_in(self, src: "Iterable[bytes]") -> Tuple[str, str, int]:
+        """Like ``receive`` for a synchronous iterable of chunks."""
+        fd, path = self.temp_file()
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in src:
+                    size += len(chunk)
+                    if size > self.max_upload_bytes:
+                        raise TooLarge(f"upload exceeds the limit of {self.max_upload_bytes} bytes")
+                    digest.update(chunk)
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            discard(path)
+            raise
+        return path, digest.hexdigest(), size
+
+    # ------------------------------------------------------------------ blobs
+    def blob_path(self, sha256: str) -> Path:
+        """Where the verified image with this SHA-256 lives."""
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ValueError("field 'sha256': must be 64 lowercase hex digits")
+        return self.root / "blobs" / sha256
+
+    def publish(self, tmp_path: str, final: Path) -> None:
+        """Atomically move a fully written temporary file to ``final``."""
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, final)
+        _fsync_dir(final.parent)
+
+    # ------------------------------------------------------------------ resumable uploads
+    def part_path(self, upload_id: str) -> Path:
+        """The partial file of an upload session."""
+        if not re.fullmatch(r"[A-Za-z0-9_-]{16,64}", upload_id):
+            raise ValueError("field 'uploadId': malformed")
+        return self.root / "uploads" / f"{upload_id}.part"
+
+    # ------------------------------------------------------------------ seed-001 packages
+    def package_path(self, package: str, branch: str, version: str) -> Path:
+        """``otafiles/<pkg>/<branch>/<pkg>-<branch>-<version>.zip`` (components validated)."""
+        check_name(package, "package")
+        check_name(branch, "branch")
+        check_name(version, "version")
+        return self.root / "otafiles" / package / branch / f"{package}-{branch}-{version}.zip"
+
+
+def discard(path: str) -> None:
+    """Remove a temporary file if it still exists."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 (hex) of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_image(path: str, public_pems: "Iterable[str]" = ()) -> Header:
+    """Check an uploaded hub_update.bin: header, length, payload SHA-256 and, when the
+    partner registered public keys, the signature. Raises a VerifyError (one line)."""
+    pems = list(public_pems)
+    if pems:
+        keyring = Keyring([public_key_from_pem(p.encode("ascii"), "partner key") for p in pems])
+        return verify_file(path, keyring).header
+    with open(path, "rb") as fh:
+        header = read_header(fh)
+        size = os.fstat(fh.fileno()).st_size
+        expected = header.header_length + header.payload_length
+        if size < expected:
+            raise TruncatedError(f"file is {size} bytes; the header announces {expected}")
+        if size > expected:
+            raise CorruptError(f"file is {size} bytes; the header announces {expected} (trailing data)")
+        fh.seek(header.header_length)
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+        if digest.digest() != header.payload_sha256:
+            raise CorruptError("payload SHA-256 does not match the signed header")
+    return header
+
+
+def key_id_of_pem(pem: str) -> str:
+    """Hex key id of a PEM public key (raises ValueError/OtaError when it is not one)."""
+    return public_key_from_pem(pem.encode("ascii"), "public key").key_id.hex()
+
+
+def optional_int(value: Optional[str]) -> Optional[int]:
+    """int(value) or None."""
+    return int(value) if value not in (None, "") else None

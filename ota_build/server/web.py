@@ -1,0 +1,92 @@
+"""The web page (server-rendered, jinja2): firmware images, packages, devices, and an upload form."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+
+from .auth import principal_for
+from .models import Binary, Device, DeviceType, FirmwareImage, OtaRecord, Package, Partner
+from .packages import store_package
+
+router = APIRouter(tags=["web"])
+templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
+
+
+def _page_data(request: Request) -> Dict[str, Any]:
+    from .afero import REPO_URL_RE
+
+    with request.app.state.db.session() as s:
+        images: List[Dict[str, Any]] = []
+        rows = s.execute(select(FirmwareImage, OtaRecord, DeviceType.device_type_id, Partner.partner_id)
+                         .join(OtaRecord, OtaRecord.id == FirmwareImage.record_pk)
+                         .join(DeviceType, DeviceType.id == FirmwareImage.device_type_pk)
+                         .join(Partner, Partner.id == DeviceType.partner_pk)
+                         .order_by(Partner.partner_id, DeviceType.device_type_id, FirmwareImage.version_number.desc())
+                         .limit(500)).all()
+        for img, rec, dtid, pid in rows:
+            m = REPO_URL_RE.search(rec.url or "")
+            binary = s.scalar(select(Binary).where(Binary.partner_pk == rec.partner_pk,
+                                                   Binary.sha256 == m.group(1))) if m else None
+            images.append({"id": img.id, "partner": pid, "deviceType": dtid, "name": rec.name,
+                           "version": rec.version, "versionNumber": img.version_number,
+                           "description": rec.description, "size": binary.size if binary else None,
+                           "sha256": binary.sha256 if binary else ""})
+        packages = s.scalars(select(Package).order_by(Package.name, Package.branch, Package.version_key.desc())
+                             .limit(500)).all()
+        devices = s.execute(select(Device, DeviceType.device_type_id)
+                            .join(DeviceType, DeviceType.id == Device.device_type_pk)
+                            .order_by(Device.device_id).limit(500)).all()
+        return {"images": images, "packages": packages,
+                "devices": [{"id": d.device_id, "type": t, "group": d.group_name, "state": d.state,
+                             "versionNumber": d.state_version_number, "message": d.state_message,
+                             "updated": d.state_updated} for d, t in devices]}
+
+
+@router.get("/", response_class=HTMLResponse)
+def index(request: Request, message: Optional[str] = None, error: Optional[str] = None) -> Response:
+    """The overview page."""
+    data = _page_data(request)
+    return templates.TemplateResponse(request, "index.html",
+                                      {**data, "message": (message or "")[:300], "error": (error or "")[:300]})
+
+
+@router.post("/web/upload", response_class=HTMLResponse)
+async def web_upload(request: Request, token: str = Form(..., max_length=200),
+                     package: str = Form(..., max_length=100), branch: str = Form(..., max_length=100),
+                     version: str = Form(..., max_length=100), description: str = Form("", max_length=500),
+                     file: UploadFile = File(...)) -> Response:
+    """The upload form: stores a package (content.json built here, with the file's real sha256)."""
+    principal = await run_in_threadpool(principal_for, request.app.state.db, token.strip())
+    if principal is None or principal.kind != "partner":
+        return RedirectResponse("/?error=" + _q("a valid partner token is required"), status_code=303)
+
+    def work() -> Any:
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: file.file.read(1024 * 1024), b""):
+            digest.update(chunk)
+        file.file.seek(0)
+        content = {"package": package, "description": description, "updateInfo": "", "version": version,
+                   "branch": branch, "local": "", "remote": str(request.base_url), "sha256": digest.hexdigest(),
+                   "BeforeUpdate": "", "AfterUpdate": "", "dependencies": {}}
+        return store_package(request, json.dumps(content), file.file, False)
+
+    resp = await run_in_threadpool(work)
+    result = json.loads(resp.body)
+    if resp.status_code == 200:
+        return RedirectResponse("/?message=" + _q(f"stored {package} {branch} {version}"), status_code=303)
+    return RedirectResponse("/?error=" + _q(result.get("message", "upload failed")), status_code=303)
+
+
+def _q(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")

@@ -1,0 +1,277 @@
+"""``ota-build`` subcommands that talk to (or are) the OTA service:
+``serve``, ``admin``, ``upload``, ``list``, ``deploy``, ``devices``, ``pack``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from .config import DEFAULT_CONFIG_NAME, load_config
+from .errors import ServerError, UsageError
+
+
+def _print_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, sort_keys=False))
+
+
+def _server_cfg(args: argparse.Namespace):  # noqa: ANN202
+    cfg = load_config(args.conf, getattr(args, "credentials", None))
+    if not cfg.server:
+        raise ServerError(f"no OTA server configured: set OTA_SERVER or the 'server' key in {args.conf}")
+    return cfg
+
+
+def _open_db(args: argparse.Namespace):  # noqa: ANN202
+    try:
+        from .server.db import open_database
+    except ImportError as exc:  # pragma: no cover - the server extra is missing
+        raise UsageError(f"the server needs the 'server' extra: pip install 'ota_build[server]' ({exc})") from None
+    return open_database(args.data_dir, args.database_url)
+
+
+# --------------------------------------------------------------------------- commands
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the server (migrations first, then uvicorn)."""
+    try:
+        import uvicorn
+    except ImportError as exc:  # pragma: no cover
+        raise UsageError(f"the server needs the 'server' extra: pip install 'ota_build[server]' ({exc})") from None
+    db = _open_db(args)
+    db.dispose()
+    os.environ["OTA_DATA_DIR"] = os.path.abspath(args.data_dir)
+    if args.database_url:
+        os.environ["OTA_DATABASE_URL"] = args.database_url
+    os.environ["OTA_MAX_UPLOAD_BYTES"] = str(args.max_upload_bytes)
+    os.environ["OTA_SKIP_MIGRATIONS"] = "1"
+    if args.host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"ota-build serve: listening on {args.host}: put TLS (a reverse proxy) in front of it",
+              file=sys.stderr)
+    uvicorn.run("ota_build.server.app:app_from_env", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level="warning" if not args.access_log else "info",
+                access_log=args.access_log, proxy_headers=False)
+    return 0
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    """Partner accounts, device types, device tokens, keys."""
+    from .server import admin
+
+    db = _open_db(args)
+    try:
+        if args.admin_command == "partner":
+            password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+            doc = admin.create_partner(db, args.username, password, args.partner_id)
+            if args.server_url:
+                doc["server"] = args.server_url
+        elif args.admin_command == "device-type":
+            doc = admin.add_device_type(db, args.partner, args.device_type_id)
+        elif args.admin_command == "device-token":
+            doc = admin.device_token(db, args.partner, args.device_type, args.device, args.group)
+        elif args.admin_command == "api-token":
+            doc = admin.api_token(db, args.partner)
+        elif args.admin_command == "partner-key":
+            try:
+                with open(args.pem, encoding="ascii") as fh:
+                    pem = fh.read()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UsageError(f"{args.pem}: cannot read public key: {exc}") from None
+            doc = admin.add_partner_key(db, args.partner, pem)
+        else:
+            doc = admin.list_partners(db)
+    finally:
+        db.dispose()
+    _print_json(doc)
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    """Upload, publish and associate an image (``--uploadOTAImage`` with explicit paths)."""
+    from .deploy import locate_record, resolve_image, upload_image
+
+    cfg = _server_cfg(args)
+    result = upload_image(cfg, locate_record(args.record), resolve_image(cfg, args.image),
+                          show_progress=not args.no_progress)
+    if result.already:
+        print(f"versionNumber {result.record['versionNumber']} is already uploaded")
+    else:
+        image_id = result.image["id"] if result.image else "(already associated)"
+        print(f"image id {image_id}: {result.record['name']} {result.record['version']} versionNumber "
+              f"{result.record['versionNumber']} sha256 {result.sha256}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """List the device type's images (every page)."""
+    from .client import OtaClient
+    from .deploy import format_table
+
+    cfg = _server_cfg(args)
+    cfg.require("deviceTypeId")
+    images = OtaClient(cfg).list_images(cfg.device_type_id, cfg.ota_type)
+    if args.json:
+        _print_json(images)
+    else:
+        print(format_table(images))
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Push an image to devices and/or a group."""
+    from .deploy import deploy
+
+    if not args.device and not args.group:
+        raise UsageError("give at least one -d DEVICE or -g GROUP")
+    cfg = _server_cfg(args)
+    count = deploy(cfg, args.image_id, args.device or [], args.group)
+    print(f"Request accepted for processing ({count} device(s))")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    """The partner's devices and their last reported state."""
+    from .client import OtaClient
+
+    devices = OtaClient(_server_cfg(args)).devices()
+    if args.json:
+        _print_json(devices)
+        return 0
+    print(f"{'Device':<24} {'Group':<12} {'State':<12} {'versionNumber':<14} Message")
+    for d in devices:
+        print(f"{d['deviceId']:<24} {d.get('group') or '':<12} {d.get('state') or '-':<12} "
+              f"{d.get('versionNumber') or '':<14} {d.get('message') or ''}")
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    """Zip a folder, write content.json with the real sha256, upload (seed 001)."""
+    from .pack import pack
+
+    server = args.server or os.environ.get("OTA_PACKAGE_SERVER") or os.environ.get("OTA_SERVER")
+    token = os.environ.get("OTA_TOKEN")
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as fh:
+                token = fh.read().strip()
+        except OSError as exc:
+            raise UsageError(f"{args.token_file}: cannot read token file: {exc.strerror}") from None
+    result = pack(args.folder, args.package, args.branch, args.version, args.output,
+                  None if args.no_upload else server, token, args.overwrite, args.description)
+    print(f"{result['zip']}: sha256 {result['sha256']}; {result['content']}")
+    if "server" in result:
+        print(f"uploaded to {server}{result['server'].get('url', '')}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parsers
+
+def _db_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=os.environ.get("OTA_DATA_DIR", "ota-data"),
+                   help="data directory: files and the default SQLite database (default: $OTA_DATA_DIR or "
+                        "./ota-data)")
+    p.add_argument("--database-url", default=os.environ.get("OTA_DATABASE_URL"),
+                   help="SQLAlchemy database URL, e.g. postgresql+psycopg://user@/ota?host=/var/run/postgresql "
+                        "(default: $OTA_DATABASE_URL, else SQLite in the data directory)")
+
+
+def _conf_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--conf", default=DEFAULT_CONFIG_NAME,
+                   help=f"partner config with server, partnerId, deviceTypeId (default: ./{DEFAULT_CONFIG_NAME}); "
+                        "secrets from OTA_USERNAME/OTA_USERPW/OTA_AUTH_STRING or --credentials")
+    p.add_argument("--credentials", metavar="FILE", help="JSON file with username/userpw/auth-string")
+
+
+def add_server_commands(sub: Any) -> None:
+    """Register the server and client subcommands on ``ota-build``'s subparsers."""
+    p = sub.add_parser("serve", help="run the OTA service",
+                       description="Run the OTA service (Afero-compatible partner API, device API, seed-001 "
+                                   "package API, web page at /, OpenAPI at /openapi.json). Applies database "
+                                   "migrations first. Binds 127.0.0.1 unless told otherwise.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="TCP port (default: 8080)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    p.add_argument("--max-upload-bytes", type=int, default=4 * 1024 ** 3,
+                   help="largest accepted upload in bytes (default: 4 GiB)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    _db_options(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("admin", help="manage partner accounts, device types and tokens",
+                       description="Create partner accounts, device types, device tokens, API tokens and trusted "
+                                   "keys in the server's database. Prints JSON; the secrets are shown only here.")
+    _db_options(p)
+    asub = p.add_subparsers(dest="admin_command", metavar="ACTION", help="what to create or show")
+    asub.required = True
+    a = asub.add_parser("partner", help="create a partner account (prints the config values)",
+                        description="Create a partner; prints username, userpw, auth-string and partnerId to put "
+                                    "in partner-ota-conf.json (or the credentials file).")
+    a.add_argument("--username", required=True, help="the partner's login (config 'username')")
+    a.add_argument("--password-stdin", action="store_true", help="read the password from stdin (default: generate)")
+    a.add_argument("--partner-id", help="partnerId (default: a new UUID)")
+    a.add_argument("--server-url", help="also print this as the config's 'server'")
+    a = asub.add_parser("device-type", help="register a device type", description="Register a device type.")
+    a.add_argument("--partner", required=True, help="partnerId")
+    a.add_argument("--device-type-id", help="deviceTypeId (default: a new UUID)")
+    a = asub.add_parser("device-token", help="register a device and issue its token",
+                        description="Register a device (or re-use it) and print a new device token for it.")
+    a.add_argument("--partner", required=True, help="partnerId")
+    a.add_argument("--device-type", required=True, help="deviceTypeId of the device")
+    a.add_argument("--device", required=True, help="deviceId")
+    a.add_argument("--group", help="put the device in this deploy group")
+    a = asub.add_parser("api-token", help="issue a long-lived partner token (for pack / PUT /upload)",
+                        description="Issue a long-lived partner bearer token.")
+    a.add_argument("--partner", required=True, help="partnerId")
+    a = asub.add_parser("partner-key", help="trust a public key for a partner's uploads",
+                        description="Trust a PEM public key; the partner's uploads must then be signed by one of "
+                                    "its trusted keys.")
+    a.add_argument("--partner", required=True, help="partnerId")
+    a.add_argument("pem", help="public key (PEM)")
+    asub.add_parser("list", help="list partners and device types", description="List partners (no secrets).")
+    p.set_defaults(func=cmd_admin)
+
+    p = sub.add_parser("upload", help="upload and register an image on the OTA server",
+                       description="Upload hub_update.bin (resumable, with retries), publish it, set the record's "
+                                   "url and associate it with the config's device type.")
+    _conf_option(p)
+    p.add_argument("-r", "--record", default=".", help="the OTA record file or its directory (default: .)")
+    p.add_argument("-i", "--image", help="image to upload (default: the config's imageFiles A)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_upload)
+
+    p = sub.add_parser("list", help="list the images on the OTA server",
+                       description="List the config's device type's images (all pages).")
+    _conf_option(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("deploy", help="push an image to devices or a group",
+                       description="Push an image (id from 'list') to one or more devices and/or a group.")
+    _conf_option(p)
+    p.add_argument("-i", "--image-id", required=True, help="image id (from 'ota-build list')")
+    p.add_argument("-d", "--device", action="append", help="deviceId (repeatable)")
+    p.add_argument("-g", "--group", help="deploy group")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("devices", help="show devices and their update state",
+                       description="Show the partner's devices and the last state each reported.")
+    _conf_option(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("pack", help="zip a folder into a package and upload it (seed 001)",
+                       description="Zip FOLDER, write content.json with the zip's real sha256, and upload both to "
+                                   "the server's PUT /upload. Token from OTA_TOKEN or --token-file.")
+    p.add_argument("folder", help="folder to package")
+    p.add_argument("--package", required=True, help="package name")
+    p.add_argument("--branch", required=True, help="branch")
+    p.add_argument("--version", required=True, help="version (e.g. 0.1.0)")
+    p.add_argument("--description", default="", help="description for content.json")
+    p.add_argument("-o", "--output", help="zip path (default: <package>-<branch>-<version>.zip)")
+    p.add_argument("--server", help="server base URL (default: $OTA_PACKAGE_SERVER or $OTA_SERVER)")
+    p.add_argument("--token-file", help="file holding the partner API token (default: $OTA_TOKEN)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version (overwrite=1)")
+    p.add_argument("--no-upload", action="store_true", help="only write the zip and content.json")
+    p.set_defaults(func=cmd_pack)

@@ -1,0 +1,182 @@
+"""Fixtures for the server tests: a real ``ota-build serve`` on 127.0.0.1, over
+SQLite, and over PostgreSQL too when ``OTA_TEST_DATABASE_URL`` names a server
+(``.ci/run`` starts one). Import the fixtures into a test module with
+``from .serverutil import *``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+import requests
+
+from .conftest import SEED_CONFIG, run_cli, script
+
+PG_URL = os.environ.get("OTA_TEST_DATABASE_URL", "")
+BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+
+__all__ = ["server", "partner", "Server", "Partner", "BACKENDS", "free_port", "start_server"]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fresh_pg_database() -> str:
+    """Create an empty PostgreSQL database; return its URL."""
+    import sqlalchemy as sa
+
+    name = "ota_test_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return sa.engine.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_pg_database(url: str) -> None:
+    """Drop a database made by ``fresh_pg_database``."""
+    import sqlalchemy as sa
+
+    name = sa.engine.make_url(url).database
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@dataclass
+class Server:
+    """A running server."""
+
+    url: str
+    data_dir: Path
+    database_url: Optional[str]
+    proc: subprocess.Popen
+    backend: str
+
+    def db_args(self) -> List[str]:
+        """``--data-dir``/``--database-url`` for ``ota-build admin``."""
+        args = ["--data-dir", str(self.data_dir)]
+        if self.database_url:
+            args += ["--database-url", self.database_url]
+        return args
+
+    def admin(self, *args: str) -> Dict[str, Any]:
+        """Run ``ota-build admin ...``; its JSON output."""
+        proc = run_cli("ota-build", "admin", *self.db_args(), *args, check=0)
+        return json.loads(proc.stdout)
+
+
+def start_server(data_dir: Path, database_url: Optional[str], backend: str = "sqlite",
+                 extra: Optional[List[str]] = None) -> Server:
+    """Start ``ota-build serve`` on a free loopback port and wait until it answers."""
+    port = free_port()
+    args = script("ota-build") + ["serve", "--port", str(port), "--data-dir", str(data_dir)] + (extra or [])
+    if database_url:
+        args += ["--database-url", database_url]
+    log = open(data_dir.parent / f"server-{port}.log", "wb")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: "
+                               f"{(data_dir.parent / f'server-{port}.log').read_text()}")
+        try:
+            if requests.get(url + "/test", timeout=1).status_code == 200:
+                return Server(url, data_dir, database_url, proc, backend)
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start within 60 s")
+
+
+def stop_server(srv: Server) -> None:
+    """Stop the server process group started by ``start_server``."""
+    try:
+        os.killpg(srv.proc.pid, signal.SIGTERM)
+        srv.proc.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(srv.proc.pid, signal.SIGKILL)
+        srv.proc.wait()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real server for this test module (SQLite, and PostgreSQL when configured)."""
+    base = tmp_path_factory.mktemp(f"server-{request.param}")
+    db_url = fresh_pg_database() if request.param == "postgresql" else None
+    srv = start_server(base / "data", db_url, request.param)
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+        if db_url:
+            drop_pg_database(db_url)
+
+
+@dataclass
+class Partner:
+    """A partner account on ``server`` with a device type, and its config in a temp directory."""
+
+    server: Server
+    dir: Path
+    conf: Path
+    partner_id: str
+    device_type: str
+    secrets: Dict[str, str]
+    env: Dict[str, str] = field(default_factory=dict)
+
+    def device(self, device_id: str, group: Optional[str] = None) -> str:
+        """Register a device; its token."""
+        args = ["device-token", "--partner", self.partner_id, "--device-type", self.device_type,
+                "--device", device_id]
+        if group:
+            args += ["--group", group]
+        return self.server.admin(*args)["token"]
+
+    def api_token(self) -> str:
+        """A long-lived partner token."""
+        return self.server.admin("api-token", "--partner", self.partner_id)["token"]
+
+    def access_token(self) -> str:
+        """A token from ``POST /oauth/token``, as the original tools get it."""
+        resp = requests.post(self.server.url + "/oauth/token",
+                             headers={"Authorization": "Basic " + self.secrets["auth-string"]},
+                             data={"username": self.secrets["username"], "password": self.secrets["userpw"],
+                                   "grant_type": "password"}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["access_token"]
+
+
+@pytest.fixture
+def partner(server: Server, tmp_path: Path) -> Partner:
+    """A new partner + device type, with partner-ota-conf.json and a credentials file in tmp_path."""
+    pid = "p-" + uuid.uuid4().hex[:10]
+    secrets = server.admin("partner", "--username", f"{pid}@example.com", "--partner-id", pid)
+    dtid = server.admin("device-type", "--partner", pid)["deviceTypeId"]
+    doc = json.loads(SEED_CONFIG)
+    for key in ("username", "userpw", "auth-string"):
+        doc.pop(key)
+    doc.update(partnerId=pid, deviceTypeId=dtid, server=server.url)
+    conf = tmp_path / "partner-ota-conf.json"
+    conf.write_text(json.dumps(doc, indent=4))
+    creds = tmp_path / "credentials.json"
+    creds.write_text(json.dumps({k: secrets[k] for k in ("username", "userpw", "auth-string")}))
+    creds.chmod(0o600)
+    return Partner(server, tmp_path, conf, pid, dtid, secrets, {"OTA_CREDENTIALS_FILE": str(creds),
+                                                                "OTA_SERVER": ""})

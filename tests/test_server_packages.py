@@ -1,0 +1,152 @@
+"""Seed 001's package API and ``ota-build pack``, against a real server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+import zipfile
+
+import pytest
+import requests
+
+from ota_build.server.packages import version_key
+
+from .conftest import assert_one_line_error, run_cli
+from .serverutil import partner, server  # noqa: F401  (fixtures)
+
+
+def content_for(data: bytes, package: str = "helloworld", branch: str = "major", version: str = "0.1.0") -> dict:
+    return {"package": package, "description": "d", "updateInfo": "u", "version": version, "branch": branch,
+            "local": "/opt/hello", "remote": "http://x", "sha256": hashlib.sha256(data).hexdigest(),
+            "BeforeUpdate": "", "AfterUpdate": "", "dependencies": {}}
+
+
+def a_zip(text: str) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(zipfile.ZipInfo("hello.txt", date_time=(2024, 1, 1, 0, 0, 0)), text)
+    return buf.getvalue()
+
+
+def put(srv, token, data, content, query=""):  # noqa: ANN001, ANN201
+    return requests.put(f"{srv.url}/upload{query}", headers={"Authorization": f"Bearer {token}"},
+                        data={"content": json.dumps(content) if isinstance(content, dict) else content},
+                        files={"file": ("p.zip", data, "application/zip")})
+
+
+def test_version_order():
+    assert version_key("0.0.10") > version_key("0.0.9")
+    assert version_key("1.10.0") > version_key("1.9.99")
+    assert version_key("2.0") > version_key("1.99.99")
+
+
+def test_upload_latest_and_files(server, partner):
+    token = partner.api_token()
+    pkg = "hello" + partner.partner_id[-6:]
+    for version in ("0.0.9", "0.0.10", "0.0.2"):
+        data = a_zip(version)
+        resp = put(server, token, data, content_for(data, pkg, "major", version))
+        assert resp.status_code == 200 and resp.json()["status"] == 200, resp.text
+    latest = requests.get(f"{server.url}/latestVersion", params={"package": pkg, "branch": "major"})
+    assert latest.status_code == 200 and latest.json()["status"] == 200
+    content = json.loads(latest.json()["content.json"])  # a JSON string, as the original sends it
+    assert content["version"] == "0.0.10"
+    listing = requests.get(f"{server.url}/getVersion", params={"package": pkg}).json()
+    assert listing["status"] == 200 and {i["version"] for i in listing["list"]} == {"0.0.9", "0.0.10", "0.0.2"}
+    one = requests.get(f"{server.url}/getVersion", params={"package": pkg, "version": "0.0.9"}).json()["list"]
+    assert len(one) == 1 and json.loads(one[0]["content"])["version"] == "0.0.9"
+    for prefix in ("otafiles", "ota-files"):
+        resp = requests.get(f"{server.url}/{prefix}/{pkg}/major/{pkg}-major-0.0.9.zip")
+        assert resp.status_code == 200 and resp.content == a_zip("0.0.9")
+    assert requests.get(f"{server.url}/otafiles/{pkg}/major/{pkg}-major-9.9.9.zip").status_code == 404
+    missing = requests.get(f"{server.url}/latestVersion", params={"package": "nope", "branch": "major"})
+    assert missing.status_code == 404 and missing.json()["status"] == 404
+    assert requests.get(f"{server.url}/latestVersion", params={"package": pkg}).json()["status"] == 400
+    assert requests.get(f"{server.url}/getVersion").status_code == 400
+
+
+def test_upload_refusals(server, partner):
+    token = partner.api_token()
+    pkg = "r" + partner.partner_id[-8:]
+    data = a_zip("one")
+    assert put(server, token, data, content_for(data, pkg)).status_code == 200
+    again = put(server, token, a_zip("two"), content_for(a_zip("two"), pkg))
+    assert again.status_code == 409 and again.json()["status"] == 409 and "exists" in again.json()["message"]
+    for flag in ("?force=1", "?overwrite=1"):
+        new = a_zip("new" + flag)
+        assert put(server, token, new, content_for(new, pkg), flag).status_code == 200
+        assert requests.get(f"{server.url}/otafiles/{pkg}/major/{pkg}-major-0.1.0.zip").content == new
+    wrong = content_for(data, pkg, version="0.2.0")
+    wrong["sha256"] = "0" * 64
+    resp = put(server, token, data, wrong)
+    assert resp.status_code == 400 and "SHA256" in resp.json()["message"]
+    assert not (server.data_dir / "otafiles" / pkg / "major" / f"{pkg}-major-0.2.0.zip").exists()
+    assert put(server, token, data, "{not json").json()["message"].startswith("JSONDecodeError")
+    bad = content_for(data, pkg)
+    del bad["sha256"]
+    assert "sha256" in put(server, token, data, bad).json()["message"]
+    for field, value in (("package", "../etc"), ("branch", ".."), ("version", "1/../../x"), ("package", "a b")):
+        evil = content_for(data, pkg)
+        evil[field] = value
+        resp = put(server, token, data, evil)
+        assert resp.status_code == 400 and field in resp.json()["message"], resp.text
+    nofile = requests.put(f"{server.url}/upload", headers={"Authorization": f"Bearer {token}"},
+                          data={"content": json.dumps(content_for(data, pkg))})
+    assert nofile.status_code == 400 and "No file or content" in nofile.json()["message"]
+    assert requests.get(f"{server.url}/otafiles/..%2F..%2Fetc/x/passwd").status_code in (400, 404)
+    # no token, a bad token, a device token: refused
+    assert put(server, "", data, content_for(data, pkg, version="0.3.0")).status_code == 401
+    assert put(server, "bogus", data, content_for(data, pkg, version="0.3.0")).status_code == 401
+    dev = partner.device("pkg-dev")
+    assert put(server, dev, data, content_for(data, pkg, version="0.3.0")).status_code == 403
+    assert not list((server.data_dir / "tmp").iterdir())
+
+
+def test_concurrent_uploads_of_one_version(server, partner):
+    token = partner.api_token()
+    pkg = "c" + partner.partner_id[-8:]
+    bodies = [a_zip(f"racer {i}") for i in range(4)]
+    results = []
+
+    def go(data: bytes) -> None:
+        results.append(put(server, token, data, content_for(data, pkg, version="1.0.0")).status_code)
+
+    threads = [threading.Thread(target=go, args=(b,)) for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [200, 409, 409, 409]
+    stored = (server.data_dir / "otafiles" / pkg / "major" / f"{pkg}-major-1.0.0.zip").read_bytes()
+    assert stored in bodies
+    listing = requests.get(f"{server.url}/getVersion", params={"package": pkg}).json()["list"]
+    assert len(listing) == 1 and listing[0]["sha256"] == hashlib.sha256(stored).hexdigest()
+    assert not [f for f in (server.data_dir / "tmp").iterdir()]
+
+
+def test_pack_command(server, partner, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(partner.api_token())
+    folder = tmp_path / "app"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "run.sh").write_text("echo hi\n")
+    (folder / "sub" / "data.txt").write_text("data\n")
+    pkg = "pk" + partner.partner_id[-8:]
+    out = tmp_path / "out.zip"
+    proc = run_cli("ota-build", "pack", str(folder), "--package", pkg, "--branch", "main", "--version", "0.0.1",
+                   "-o", str(out), "--server", server.url, "--token-file", str(token_file), check=0)
+    assert "uploaded" in proc.stdout
+    content = json.loads((tmp_path / "content.json").read_text())
+    assert content["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert sorted(zipfile.ZipFile(out).namelist()) == ["run.sh", "sub/data.txt"]
+    latest = requests.get(f"{server.url}/latestVersion", params={"package": pkg, "branch": "main"}).json()
+    assert json.loads(latest["content.json"])["sha256"] == content["sha256"]
+    proc = run_cli("ota-build", "pack", str(folder), "--package", pkg, "--branch", "main", "--version", "0.0.1",
+                   "-o", str(out), "--server", server.url, "--token-file", str(token_file))
+    assert_one_line_error(proc, 3, "HTTP 409")
+    assert token_file.read_text() not in proc.stderr
+    proc = run_cli("ota-build", "pack", str(folder), "--package", "../x", "--branch", "main", "--version", "1",
+                   "--no-upload")
+    assert_one_line_error(proc, 2, "--package")

@@ -1,0 +1,89 @@
+"""The web page in a real headless Chromium (selenium + Debian's chromium-driver)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+import zipfile
+
+import pytest
+import requests
+
+from .serverutil import partner, server  # noqa: F401  (fixtures)
+
+CHROMEDRIVER = shutil.which("chromedriver")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(not (CHROMEDRIVER and CHROMIUM), reason="needs chromium and chromium-driver "
+                                "(apt-get install chromium chromium-driver; .ci/run does)")
+
+
+@pytest.fixture
+def browser():  # noqa: ANN201
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="ota-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_page_lists_and_uploads(server, partner, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    if server.backend != "sqlite":
+        pytest.skip("one browser run is enough")
+    token = partner.api_token()
+    dev = partner.device("web-dev")
+    requests.post(f"{server.url}/v1/devices/web-dev/status", headers={"Authorization": f"Bearer {dev}"},
+                  json={"state": "downloading", "versionNumber": "3", "message": "42%"})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a.txt", "hello")
+    pkg_file = tmp_path / "web.zip"
+    pkg_file.write_bytes(buf.getvalue())
+
+    browser.get(server.url + "/")
+    assert browser.title == "OTA service"
+    devices = browser.find_element(By.ID, "devices").text
+    assert "web-dev" in devices and "downloading" in devices and "42%" in devices
+
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.ID, "package").send_keys("webpkg")
+    browser.find_element(By.ID, "branch").send_keys("main")
+    browser.find_element(By.ID, "version").send_keys("1.2.3")
+    browser.find_element(By.ID, "file").send_keys(str(pkg_file))
+    browser.find_element(By.ID, "submit").click()
+    assert "stored webpkg main 1.2.3" in browser.find_element(By.ID, "message").text
+    table = browser.find_element(By.ID, "packages").text
+    assert "webpkg" in table and "1.2.3" in table and str(len(buf.getvalue())) in table
+    import hashlib
+
+    assert hashlib.sha256(buf.getvalue()).hexdigest() in table
+
+    # the same version again is refused, and the page says why
+    browser.find_element(By.ID, "token").send_keys(token)
+    for field, value in (("package", "webpkg"), ("branch", "main"), ("version", "1.2.3")):
+        browser.find_element(By.ID, field).send_keys(value)
+    browser.find_element(By.ID, "file").send_keys(str(pkg_file))
+    browser.find_element(By.ID, "submit").click()
+    assert "exists" in browser.find_element(By.ID, "error").text
+
+    # a wrong token is refused
+    browser.find_element(By.ID, "token").send_keys("wrong")
+    for field, value in (("package", "webpkg"), ("branch", "main"), ("version", "9.9.9")):
+        browser.find_element(By.ID, field).send_keys(value)
+    browser.find_element(By.ID, "file").send_keys(str(pkg_file))
+    browser.find_element(By.ID, "submit").click()
+    assert "token" in browser.find_element(By.ID, "error").text
