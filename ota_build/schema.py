@@ -31,7 +31,7 @@ _TYPES = {
 SUPPORTED_KEYWORDS = frozenset(
     {
         "$schema", "$id", "title", "description", "type", "required", "properties",
-        "additionalProperties", "minProperties", "items", "minLength", "maxLength",
+        "additionalProperties", "minProperties", "items", "minItems", "minLength", "maxLength",
         "pattern", "minimum", "maximum", "enum",
     }
 )
@@ -100,6 +100,8 @@ def format_error(path: Sequence[Any], keyword: str, expected: JSON, instance: JS
         return f"{where}: must be at most {expected} (got {instance})"
     if keyword == "minProperties":
         return f"{where}: must have at least {expected} entr{'y' if expected == 1 else 'ies'}"
+    if keyword == "minItems":
+        return f"{where}: must have at least {expected} item{'' if expected == 1 else 's'}"
     if keyword == "enum":
         return f"{where}: must be one of {', '.join(map(repr, expected))} (got {instance!r})"
     return f"{where}: fails '{keyword}'"
@@ -146,6 +148,8 @@ def _validate_builtin(schema: Dict[str, JSON], instance: JSON, path: List[Any]) 
                 err = None
             if err:
                 return err
+    if isinstance(instance, list) and len(instance) < schema.get("minItems", 0):
+        return format_error(path, "minItems", schema["minItems"], instance)
     if isinstance(instance, list) and "items" in schema:
         for index, item in enumerate(instance):
             err = _validate_builtin(schema["items"], item, path + [index])

@@ -114,3 +114,28 @@ def test_secrets_not_in_repr(seed_config):
     cfg = load_config(str(seed_config), env={})
     assert "12334" not in repr(cfg)
     assert "NGY3" not in repr(cfg)
+
+
+def _walk(schema):
+    """Every sub-schema: properties' values, items and additionalProperties."""
+    yield schema
+    for sub in schema.get("properties", {}).values():
+        yield from _walk(sub)
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            yield from _walk(schema[key])
+
+
+def test_packaged_schemas_use_only_keywords_the_builtin_validator_knows():
+    """The build-time fallback must understand every schema we ship (checked, not assumed)."""
+    from importlib import resources
+
+    from ota_build.schema import SUPPORTED_KEYWORDS
+
+    names = [p.name[: -len(".schema.json")] for p in resources.files("ota_build").joinpath("schemas").iterdir()
+             if p.name.endswith(".schema.json")]
+    assert {"partner-ota-conf", "full_ota_record", "ota-agent"} <= set(names)
+    for name in names:
+        schema = load_schema(name)
+        for node in _walk(schema):
+            assert set(node) <= SUPPORTED_KEYWORDS, (name, set(node) - SUPPORTED_KEYWORDS)

@@ -1,0 +1,307 @@
+"""The device agent against the real OTA server (the seed 003 journey), and
+against a hostile server serving bad images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+import requests
+
+from ota_build.config import load_config
+from ota_build.device.agent import Agent
+from ota_build.device.config import load_agent_config
+from ota_build.device.localapi import LocalApi
+from ota_build.errors import ConfigError
+from ota_build.package import package_image
+from ota_build.record import new_record, write_record
+from ota_build.sample import make_sample_rootfs
+from ota_build.signing import make_signer
+
+from .conftest import run_cli
+from .serverutil import Partner, partner, server  # noqa: F401  (fixtures)
+
+
+def make_device(tmp: Path, server_url: str, token: str, public_key: str, device_id: str = "dev-1",
+                running_version_number: int = 0, device_type: str = "dt", **extra: Any) -> Path:
+    """A simulated device: file-backed A/B slots, a boot env file, /etc/full_ota_record.json."""
+    root = tmp / device_id
+    (root / "etc").mkdir(parents=True)
+    (root / "slot-a.img").write_bytes(b"ACTIVE-ROOTFS" * 100)
+    (root / "slot-b.img").write_bytes(b"")
+    (root / "bootenv").write_text("ota_slot=a\n")
+    cfg = load_config_for_record(tmp)
+    write_record(new_record(cfg, 1, version_number=running_version_number), str(root / "etc" / "full_ota_record.json"))
+    (root / "etc" / "ota.pub.pem").write_bytes(Path(public_key).read_bytes())
+    conf = {
+        "device": device_id, "description": "simulated SAMA5D2", "server": server_url, "deviceToken": token,
+        "deviceTypeId": device_type, "publicKeys": ["etc/ota.pub.pem"], "record": "etc/full_ota_record.json",
+        "stateDir": "var/lib/ota-agent", "flask": {"host": "127.0.0.1", "port": 0}, "token": "local-secret",
+        "installer": {"type": "ab", "slots": {"a": "slot-a.img", "b": "slot-b.img"},
+                      "bootEnv": {"tool": "file", "file": str(root / "bootenv")}},
+        "packages": [{"package": "Potenco-test", "BeforeUpdate": f"echo before > {root}/before.txt",
+                      "AfterUpdate": f"echo after > {root}/after.txt"}],
+    }
+    conf["installer"]["slots"] = {k: str(root / v) for k, v in conf["installer"]["slots"].items()}
+    conf.update(extra)
+    path = root / "ota-agent.json"
+    path.write_text(json.dumps(conf, indent=2))
+    return path
+
+
+def load_config_for_record(tmp: Path):
+    from .conftest import SEED_CONFIG
+
+    p = tmp / "device-record-conf.json"
+    p.write_text(SEED_CONFIG)
+    return load_config(str(p), env={})
+
+
+def slots(conf: Path) -> Dict[str, bytes]:
+    root = conf.parent
+    return {"a": (root / "slot-a.img").read_bytes(), "b": (root / "slot-b.img").read_bytes(),
+            "boot": (root / "bootenv").read_bytes()}
+
+
+# --------------------------------------------------------------------------- the journey on the real server
+
+def publish_with_seed_tools(p: Partner, key: str) -> Dict[str, Any]:
+    """The seed's flow: --createOTARecord, package, --uploadOTAImage, --list; returns the image row."""
+    env = p.env
+    run_cli("partner-ota-hub-uploader", "-c", str(p.conf), "-s", "-n", "2", "-d", "--createOTARecord",
+            cwd=p.dir, env=env, check=0)
+    record = json.loads((p.dir / "full_ota_record.json").read_text())
+    rootfs = make_sample_rootfs(str(p.dir / "rootfs.tar.gz"), {"etc/version": record["version"].encode()})
+    run_cli("ota-build", "package", rootfs, "-r", str(p.dir / "full_ota_record.json"), "-k", key,
+            "-o", str(p.dir / "hub_update.bin"), check=0)
+    run_cli("partner-ota-hub-uploader", "-c", str(p.conf), "-s", "-n", "2", "-d", "--uploadOTAImage",
+            cwd=p.dir, env=env, check=0)
+    listing = run_cli("partner-ota-hub-deploy", "-c", str(p.conf), "--list", cwd=p.dir, env=env, check=0).stdout
+    row = next(line.split() for line in listing.splitlines() if record["version"] in line)
+    return {"imageId": row[0], "record": record, "rootfs": rootfs}
+
+
+def test_journey_deploy_install_report(server, partner, keys, tmp_path, caplog):  # noqa: F811
+    key = keys["ed25519"]
+    published = publish_with_seed_tools(partner, key["private"])
+    token = partner.device("dev-1")
+    conf = make_device(tmp_path, server.url, token, key["public"], device_type=partner.device_type)
+    agent = Agent(load_agent_config(str(conf)))
+    assert agent.check_once().state == "no-update"  # nothing deployed yet
+    proc = run_cli("partner-ota-hub-deploy", "-c", str(partner.conf), "-d", "dev-1", "-i", published["imageId"],
+                   cwd=partner.dir, env=partner.env, check=0)
+    assert "Request accepted for processing" in proc.stdout
+    before = slots(conf)
+    caplog.set_level(logging.INFO)
+    outcome = agent.check_once()
+    assert outcome.state == "installed", outcome
+    assert outcome.version_number == int(published["record"]["versionNumber"])
+    after = slots(conf)
+    assert after["a"] == before["a"]                                   # active slot untouched
+    assert after["b"] == Path(published["rootfs"]).read_bytes()        # image written to the inactive slot
+    assert after["boot"] == b"ota_slot=b\n"                             # boot slot switched
+    assert (conf.parent / "before.txt").exists() and (conf.parent / "after.txt").exists()
+    hdr = conf.parent / "var/lib/ota-agent/ota_type_5.hdr"
+    assert hdr.read_bytes()[0] == 5 and len(hdr.read_bytes()) == 216
+    # The server shows the device's state.
+    devices = requests.get(f"{server.url}/v1/ota/partners/{partner.partner_id}/devices",
+                           headers={"Authorization": f"Bearer {partner.api_token()}"}, timeout=30).json()
+    dev = next(d for d in devices if d["deviceId"] == "dev-1")
+    assert dev["state"] == "installed" and str(dev["versionNumber"]) == published["record"]["versionNumber"]
+    # Replay: the same image is not installed twice.
+    assert agent.check_once().state == "no-update"
+    assert slots(conf) == after
+
+
+def test_interrupted_download_resumes(server, partner, keys, tmp_path, caplog):  # noqa: F811
+    key = keys["ed25519"]
+    published = publish_with_seed_tools(partner, key["private"])
+    token = partner.device("dev-r")
+    run_cli("partner-ota-hub-deploy", "-c", str(partner.conf), "-d", "dev-r", "-i", published["imageId"],
+            cwd=partner.dir, env=partner.env, check=0)
+    conf = make_device(tmp_path, server.url, token, key["public"], device_id="dev-r", device_type=partner.device_type)
+    agent = Agent(load_agent_config(str(conf)))
+    offer = agent.api.check(5, 0)
+    state = conf.parent / "var/lib/ota-agent"
+    state.mkdir(parents=True, exist_ok=True)
+    full = requests.get(server.url + offer["url"], headers={"Authorization": f"Bearer {token}"}, timeout=30).content
+    assert hashlib.sha256(full).hexdigest() == offer["sha256"]
+    # A download cut off half-way, as a dropped connection leaves it.
+    (state / "hub_update.bin.part").write_bytes(full[: len(full) // 2])
+    (state / "download.json").write_text(json.dumps({"imageId": str(offer["imageId"]), "sha256": offer["sha256"],
+                                                     "size": offer["size"]}))
+    caplog.set_level(logging.INFO)
+    assert agent.check_once().state == "installed"
+    assert f"resuming download at byte {len(full) // 2}" in caplog.text
+
+
+def test_device_token_cannot_deploy(server, partner, keys):  # noqa: F811
+    token = partner.device("dev-x")
+    resp = requests.put(f"{server.url}/v1/ota/partners/{partner.partner_id}/deviceTypes/{partner.device_type}"
+                        f"/firmwareImages/1/push", json={"value": "dev-x"},
+                        headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert resp.status_code in (401, 403)
+
+
+# --------------------------------------------------------------------------- a hostile server
+
+class Hostile:
+    """A server that speaks the device API but serves whatever bytes it is given."""
+
+    def __init__(self, image: bytes, version_number: int):
+        self.image = image
+        self.version_number = version_number
+        self.reports: List[Dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                if "/update" in self.path:
+                    body = json.dumps({"versionNumber": str(outer.version_number), "version": "evil", "imageId": "666",
+                                       "size": len(outer.image), "sha256": hashlib.sha256(outer.image).hexdigest(),
+                                       "url": "/v1/devices/dev-h/images/666"}).encode()
+                else:
+                    body = outer.image
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length", 0))
+                outer.reports.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def signed(tmp: Path, key: str, version_number: int, ota_type: int = 5, payload: bytes = b"R" * 5000) -> bytes:
+    src = tmp / f"payload-{version_number}-{ota_type}"
+    src.write_bytes(payload)
+    out = tmp / f"hub-{version_number}-{ota_type}.bin"
+    package_image(str(src), str(out), make_signer(key), ota_type, version_number)
+    return out.read_bytes()
+
+
+def _tamper(data: bytes) -> bytes:
+    b = bytearray(data)
+    b[-100] ^= 0x01
+    return bytes(b)
+
+
+HOSTILE = {
+    "tampered": (lambda t, k, o: _tamper(signed(t, k, 50)), 50, "corrupt"),
+    "truncated": (lambda t, k, o: signed(t, k, 50)[:-1000], 50, "truncated"),
+    "wrong-type": (lambda t, k, o: signed(t, k, 50, ota_type=3), 50, "wrong-type"),
+    "wrongly-signed": (lambda t, k, o: signed(t, o, 50), 50, "unknown-key"),
+    "forged-key-id": (lambda t, k, o: _forge(signed(t, o, 50), signed(t, k, 49)), 50, "bad-signature"),
+    "older": (lambda t, k, o: signed(t, k, 5), 5, "downgrade"),
+    "replay": (lambda t, k, o: signed(t, k, 10), 10, "downgrade"),
+}
+
+
+def _forge(theirs: bytes, ours: bytes) -> bytes:
+    b = bytearray(theirs)
+    b[64:96] = ours[64:96]  # claim our trusted key id
+    return bytes(b)
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_server_images_are_refused(case, keys, other_key, tmp_path, caplog):
+    make, offered, reason = HOSTILE[case]
+    image = make(tmp_path, keys["ed25519"]["private"], other_key["private"])
+    hostile = Hostile(image, offered)
+    try:
+        conf = make_device(tmp_path, hostile.url, "t", keys["ed25519"]["public"], device_id="dev-h",
+                           running_version_number=10)
+        before = slots(conf)
+        caplog.set_level(logging.INFO)
+        outcome = Agent(load_agent_config(str(conf))).check_once()
+        assert outcome.state == "rejected"
+        assert outcome.message.startswith(reason), outcome.message
+        assert outcome.exit_code >= 10
+        assert slots(conf) == before                                    # slots and boot choice untouched
+        assert not (conf.parent / "before.txt").exists()                # no hook ran
+        assert "refused the image" in caplog.text and reason in caplog.text
+        assert hostile.reports[-1]["state"] == "rejected"
+        leftovers = sorted(p.name for p in (conf.parent / "var/lib/ota-agent").iterdir())
+        assert "ota_type_5.img" not in leftovers and "hub_update.bin.part" not in leftovers
+    finally:
+        hostile.close()
+
+
+def test_downgrade_allowed_only_when_configured(keys, tmp_path):
+    hostile = Hostile(signed(tmp_path, keys["ed25519"]["private"], 5), 5)
+    try:
+        conf = make_device(tmp_path, hostile.url, "t", keys["ed25519"]["public"], device_id="dev-h",
+                           running_version_number=10, allowDowngrade=True)
+        assert Agent(load_agent_config(str(conf))).check_once().state == "installed"
+    finally:
+        hostile.close()
+
+
+def test_ota_agent_cli_exit_code_on_refusal(keys, other_key, tmp_path):
+    hostile = Hostile(signed(tmp_path, other_key["private"], 50), 50)
+    try:
+        conf = make_device(tmp_path, hostile.url, "t", keys["ed25519"]["public"], device_id="dev-h")
+        proc = run_cli("ota-agent", "-c", str(conf), "once")
+        assert proc.returncode == 13, proc.stderr
+        assert "refused the image" in proc.stderr and "Traceback" not in proc.stderr
+    finally:
+        hostile.close()
+
+
+# --------------------------------------------------------------------------- config and local API
+
+def test_agent_config_errors(tmp_path, keys):
+    conf = make_device(tmp_path, "http://127.0.0.1:9", "t", keys["ed25519"]["public"])
+    doc = json.loads(conf.read_text())
+    doc["flask"]["host"] = "0.0.0.0"  # the seed's default: refused, the local API stays on loopback
+    conf.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="field 'flask.host'"):
+        load_agent_config(str(conf))
+    del doc["flask"]
+    doc.pop("installer")
+    conf.write_text(json.dumps(doc))
+    proc = run_cli("ota-agent", "-c", str(conf), "info")
+    assert proc.returncode == 2 and "field 'installer': is missing" in proc.stderr
+
+
+def test_local_api_needs_token(keys, tmp_path):
+    hostile = Hostile(signed(tmp_path, keys["ed25519"]["private"], 50), 50)
+    try:
+        conf = make_device(tmp_path, hostile.url, "t", keys["ed25519"]["public"], device_id="dev-h")
+        api = LocalApi(Agent(load_agent_config(str(conf))), "127.0.0.1", 0).start()
+        base = f"http://127.0.0.1:{api.port}"
+        try:
+            assert requests.get(base + "/getInfo", timeout=10).status_code == 401
+            assert requests.get(base + "/getInfo", headers={"Authorization": "Bearer nope"}, timeout=10).status_code == 401
+            auth = {"Authorization": "Bearer local-secret"}
+            info = requests.get(base + "/getInfo", headers=auth, timeout=10).json()
+            assert info["status"] == 200 and info["info"]["device"] == "dev-h"
+            assert info["info"]["versionNumber"] == "0"
+            resp = requests.post(base + "/startUpdate", headers=auth, timeout=10)
+            assert resp.status_code == 202
+            api.worker.join(30)
+            info = requests.get(base + "/getInfo", headers=auth, timeout=10).json()
+            assert info["info"]["lastState"] == "installed" and info["info"]["versionNumber"] == "50"
+        finally:
+            api.shutdown()
+    finally:
+        hostile.close()
