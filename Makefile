@@ -3,18 +3,26 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-STAMP   = $(VENV)/.installed
+STAMP   = $(VENV)/.installed-test
+SSTAMP  = $(VENV)/.installed-server
 
 .PHONY: demo test bench lint clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
 
-## demo: the whole flow on a generated sample image (prints each step)
-demo: $(STAMP)
+$(SSTAMP): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[server]'
+	touch $(SSTAMP)
+
+$(STAMP): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP) $(SSTAMP)
+
+## demo: the whole journey on a generated sample image (prints each step)
+demo: $(SSTAMP)
+	rm -rf demo-output
 	$(BIN)/ota-build demo --workdir demo-output
 
 ## test: the test-suite (CI runs exactly this)

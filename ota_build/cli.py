@@ -167,7 +167,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.workdir)
+    return run_demo(args.workdir, offline=args.offline)
 
 
 # --------------------------------------------------------------------------- parser
@@ -259,10 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("demo", help="run the whole flow on a generated sample image",
-                       description="Generate a sample rootfs tarball, a development key, a record and "
-                                   "hub_update.bin, then verify it; prints each step and where the files are.")
+    p = sub.add_parser("demo", help="run the whole journey on a generated sample image",
+                       description="Sample rootfs, development key, record, hub_update.bin, verify; then an OTA "
+                                   "server on 127.0.0.1 (embedded SQLite), upload, list, deploy to a simulated "
+                                   "device (agent with file-backed A/B slots) that installs and reports. Prints "
+                                   "each step, the commands, and where the files are.")
     p.add_argument("--workdir", default="demo-output", help="where to put the files (default: ./demo-output)")
+    p.add_argument("--offline", action="store_true", help="only the build side: no server, no device")
     p.set_defaults(func=cmd_demo)
 
     from .server_cli import add_server_commands

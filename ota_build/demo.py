@@ -1,56 +1,250 @@
-"""``ota-build demo``: the whole local flow on a generated sample image."""
+"""``ota-build demo``: the whole journey on this machine, every step printed.
+
+Build side: a sample rootfs tarball, a development key, the OTA record,
+``hub_update.bin``, verified. Then (unless ``--offline``) the service side:
+an OTA server on 127.0.0.1 with its embedded SQLite database, a partner
+account, the seed's ``--createOTARecord``/``--uploadOTAImage``/``--list``/
+``-d -i`` commands, and a simulated device (the agent with file-backed A/B
+slots) that downloads, verifies, installs and reports. The commands are the
+ones a user would type; each is printed before it runs.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any, Dict, List, Optional
 
-from .config import load_config
-from .package import package_image, verify_file
-from .record import RECORD_NAME, new_record, write_record
+from .errors import OtaError
+from .fsutil import atomic_write_text
+from .record import new_record, write_record
 from .sample import make_sample_rootfs
-from .signing import Keyring, generate_key, make_signer
 
 SAMPLE_CONFIG = {
-    "Comments": "Sample configuration written by 'ota-build demo'",
+    "Comments": "Sample configuration written by 'ota-build demo' (secrets are in credentials.json)",
     "description": "meta-ota demo image",
     "name": "Potenco-demo",
     "version": "1.0",
     "url": "dummy",
-    "deviceTypeId": "a6542896-8464-48e1-b12f-664a57e4e703",
-    "partnerId": "4f7de484-cf23-478d-90a7-412104d5120b",
     "imageFiles": {"A": "hub_update.bin"},
 }
 
 
-def _step(n: int, text: str) -> None:
-    print(f"[{n}] {text}", flush=True)
+class DemoError(OtaError):
+    """A demo step failed."""
 
 
-def run_demo(workdir: str) -> int:
-    """Run the local demo in ``workdir``; print each step; return 0 on success."""
-    os.makedirs(workdir, exist_ok=True)
-    conf = os.path.join(workdir, "partner-ota-conf.json")
-    with open(conf, "w", encoding="utf-8") as fh:
-        json.dump(SAMPLE_CONFIG, fh, indent=4)
-    _step(1, f"config: {conf}")
-    rootfs = make_sample_rootfs(os.path.join(workdir, "core-image-minimal-sample.rootfs.tar.gz"))
-    _step(2, f"sample root filesystem: {rootfs} ({os.path.getsize(rootfs)} bytes)")
-    private, public = os.path.join(workdir, "dev-signing.key.pem"), os.path.join(workdir, "dev-signing.pub.pem")
-    key = generate_key("ed25519", private, public, overwrite=True)
-    _step(3, f"development key pair (Ed25519, key id {key.key_id.hex()[:16]}): {private}, {public}")
-    cfg = load_config(conf)
-    record = new_record(cfg, build_number=2, debug=True)
-    record_path = os.path.join(workdir, RECORD_NAME)
-    write_record(record, record_path)
-    _step(4, f"OTA record: {record_path} (version {record['version']}, versionNumber {record['versionNumber']})")
-    out = os.path.join(workdir, cfg.image_file)
-    result = package_image(rootfs, out, make_signer(private), record["type"], int(record["versionNumber"]), record)
-    _step(5, f"signed image: {out} (header {result.header.header_length} bytes + payload {result.header.payload_length})")
-    extracted = os.path.join(workdir, "ota_type_5.img")
-    verify_file(out, Keyring.from_files([public]), expected_type=5, extract_to=extracted)
-    _step(6, f"verified as a device would; payload extracted to {extracted}")
-    print(f"\nAll files are in {os.path.abspath(workdir)}.")
-    print("With a real build: add meta-ota to bblayers.conf, INHERIT += \"ota\" in local.conf, then "
-          "'bitbake core-image-minimal' leaves hub_update.bin in DEPLOY_DIR_IMAGE (see README.md).")
-    return 0
+class Demo:
+    """Runs the journey in ``workdir``."""
+
+    def __init__(self, workdir: str):
+        self.workdir = os.path.abspath(workdir)
+        self.bindir = os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv and sys.argv[0] else ""
+        self.env = dict(os.environ)
+        self.env.pop("OTA_SERVER", None)
+        self.n = 0
+        self.server: Optional[subprocess.Popen] = None
+
+    def tool(self, name: str) -> str:
+        """Path of one of our console scripts, next to the running one when possible."""
+        candidate = os.path.join(self.bindir, name)
+        return candidate if os.path.exists(candidate) else name
+
+    def step(self, text: str) -> None:
+        self.n += 1
+        print(f"\n[{self.n}] {text}", flush=True)
+
+    def run(self, *argv: str, cwd: Optional[str] = None, show: bool = True) -> str:
+        """Run a command as a user would, echoing it; DemoError with its one-line error if it fails."""
+        cmd = [self.tool(argv[0])] + list(argv[1:])
+        if show:
+            print("    $ " + " ".join(shlex.quote(a) for a in [argv[0], *argv[1:]]), flush=True)
+        proc = subprocess.run(cmd, cwd=cwd or self.workdir, env=self.env, capture_output=True, text=True,
+                              timeout=600, check=False)
+        if show and proc.stdout.strip():
+            for line in proc.stdout.rstrip().splitlines():
+                print("      " + line)
+        if proc.returncode != 0:
+            err = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            raise DemoError(f"'{argv[0]} {argv[1] if len(argv) > 1 else ''}' failed: {err}")
+        return proc.stdout
+
+    # ------------------------------------------------------------------ build side
+    def build_side(self) -> Dict[str, str]:
+        w = self.workdir
+        conf = os.path.join(w, "partner-ota-conf.json")
+        files = {"conf": conf, "key": os.path.join(w, "dev-signing.key.pem"),
+                 "pub": os.path.join(w, "dev-signing.pub.pem"), "record": os.path.join(w, "full_ota_record.json"),
+                 "bin": os.path.join(w, "hub_update.bin")}
+        self.step("a sample root filesystem tarball (what bitbake core-image-minimal leaves in DEPLOY_DIR_IMAGE)")
+        files["rootfs"] = make_sample_rootfs(os.path.join(w, "core-image-minimal-sample.rootfs.tar.gz"),
+                                             {"etc/issue": b"meta-ota demo 1.0.2d\n"})
+        print(f"      {files['rootfs']} ({os.path.getsize(files['rootfs'])} bytes)")
+        self.step("a development signing key pair (Ed25519)")
+        self.run("ota-build", "keygen", "-o", os.path.join(w, "dev-signing"), "--force")
+        return files
+
+    def package_and_verify(self, files: Dict[str, str]) -> None:
+        self.step("the signed hub_update.bin: a 216-byte header (type, versionNumber, sha256, signature) + the rootfs")
+        self.run("ota-build", "package", files["rootfs"], "-r", files["record"], "-k", files["key"], "-o", files["bin"])
+        self.step("verify it as the device will (and extract the payload)")
+        self.run("ota-build", "verify", files["bin"], "-k", files["pub"], "-t", "5", "-x",
+                 os.path.join(self.workdir, "ota_type_5.img"))
+
+    # ------------------------------------------------------------------ server
+    def start_server(self) -> str:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        data = os.path.join(self.workdir, "server-data")
+        url = f"http://127.0.0.1:{port}"
+        self.step(f"start the OTA server on {url} (embedded SQLite in {data})")
+        print(f"    $ ota-build serve --port {port} --data-dir {data} &")
+        log = open(os.path.join(self.workdir, "server.log"), "wb")
+        self.server = subprocess.Popen([self.tool("ota-build"), "serve", "--port", str(port), "--data-dir", data],
+                                       stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.server.poll() is not None:
+                raise DemoError(f"the server exited ({self.server.returncode}); see {log.name}")
+            try:
+                with urllib.request.urlopen(url + "/test", timeout=1):  # noqa: S310 (loopback)
+                    return url
+            except OSError:
+                time.sleep(0.2)
+        raise DemoError("the server did not answer within 60 s")
+
+    def stop_server(self) -> None:
+        if self.server and self.server.poll() is None:
+            os.killpg(self.server.pid, signal.SIGTERM)
+            try:
+                self.server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.server.pid, signal.SIGKILL)
+
+    def admin(self, *args: str) -> Dict[str, Any]:
+        data = os.path.join(self.workdir, "server-data")
+        out = self.run("ota-build", "admin", "--data-dir", data, *args, show=False)
+        print("    $ ota-build admin --data-dir server-data " + " ".join(shlex.quote(a) for a in args))
+        return json.loads(out)
+
+    # ------------------------------------------------------------------ device
+    def make_device(self, url: str, device_type: str, token: str, pub: str, conf: str) -> str:
+        root = os.path.join(self.workdir, "device")
+        os.makedirs(os.path.join(root, "etc"), exist_ok=True)
+        from .config import load_config
+
+        factory = new_record(load_config(conf, env={}), 1, version_number=0)
+        write_record(factory, os.path.join(root, "etc", "full_ota_record.json"))
+        with open(pub, "rb") as src, open(os.path.join(root, "etc", "ota-signing.pub.pem"), "wb") as dst:
+            dst.write(src.read())
+        with open(os.path.join(root, "slot-a.img"), "wb") as fh:
+            fh.write(b"factory rootfs (running)\n" * 64)
+        open(os.path.join(root, "slot-b.img"), "wb").close()
+        atomic_write_text(os.path.join(root, "uboot-env.txt"), "ota_slot=a\n")
+        agent_conf = {
+            "Comments": "Simulated device: file-backed A/B slots and a file standing in for U-Boot's environment",
+            "device": "012359551bf18eba", "description": "simulated SAMA5D2", "server": url,
+            "deviceToken": token, "deviceTypeId": device_type, "publicKeys": ["etc/ota-signing.pub.pem"],
+            "record": "etc/full_ota_record.json", "stateDir": "var/lib/ota-agent",
+            "flask": {"host": "127.0.0.1", "port": 0}, "token": "demo-local-token",
+            "installer": {"type": "ab", "slots": {"a": os.path.join(root, "slot-a.img"),
+                                                  "b": os.path.join(root, "slot-b.img")},
+                          "bootEnv": {"tool": "file", "file": os.path.join(root, "uboot-env.txt")}},
+        }
+        path = os.path.join(root, "ota-agent.json")
+        atomic_write_text(path, json.dumps(agent_conf, indent=2) + "\n")
+        return path
+
+    # ------------------------------------------------------------------ the journey
+    def journey(self) -> int:
+        os.makedirs(self.workdir, exist_ok=True)
+        files = self.build_side()
+        url = self.start_server()
+        try:
+            self.step("create a partner account, a device type and a device token (prints the config values)")
+            partner = self.admin("partner", "--username", "demo@example.com", "--server-url", url)
+            pid = partner["partnerId"]
+            dtype = self.admin("device-type", "--partner", pid)["deviceTypeId"]
+            token = self.admin("device-token", "--partner", pid, "--device-type", dtype,
+                               "--device", "012359551bf18eba")["token"]
+            conf = dict(SAMPLE_CONFIG, partnerId=pid, deviceTypeId=dtype, server=url)
+            atomic_write_text(files["conf"], json.dumps(conf, indent=4) + "\n")
+            creds = os.path.join(self.workdir, "credentials.json")
+            atomic_write_text(creds, json.dumps({k: partner[k] for k in ("username", "userpw", "auth-string")}) + "\n",
+                              mode=0o600)
+            self.env["OTA_CREDENTIALS_FILE"] = creds
+            print(f"      config: {files['conf']} (no secrets); secrets: {creds} (mode 0600, OTA_CREDENTIALS_FILE)")
+
+            self.step("create the OTA record before the build (the server assigns id and versionNumber)")
+            if os.path.exists(files["record"]):
+                os.unlink(files["record"])
+            self.run("partner-ota-hub-uploader", "-c", files["conf"], "-s", "-n", "2", "-d", "--createOTARecord")
+            with open(files["record"], encoding="utf-8") as fh:
+                record = json.load(fh)
+            print("      " + json.dumps(record, sort_keys=True))
+            self.package_and_verify(files)
+
+            self.step("upload hub_update.bin and register it (resumable, verified by the server)")
+            self.run("partner-ota-hub-uploader", "-c", files["conf"], "-s", "-n", "2", "-d", "--uploadOTAImage")
+            self.step("list the images")
+            listing = self.run("partner-ota-hub-deploy", "-c", files["conf"], "--list")
+            image_id = next(line.split()[0] for line in listing.splitlines() if record["version"] in line.split())
+
+            device_conf = self.make_device(url, dtype, token, files["pub"], files["conf"])
+            self.step(f"a simulated device (agent config {device_conf}) running versionNumber 0 from slot a")
+            self.run("ota-agent", "-c", device_conf, "once")
+            self.step(f"deploy image {image_id} to the device")
+            self.run("partner-ota-hub-deploy", "-c", files["conf"], "-d", "012359551bf18eba", "-i", image_id)
+            self.step("the device checks, downloads, verifies, writes slot b, switches the boot slot and reports")
+            self.run("ota-agent", "-c", device_conf, "once")
+            self.step("final state, as the server shows it")
+            self.run("ota-build", "devices", "-c", files["conf"])
+            root = os.path.dirname(device_conf)
+            with open(os.path.join(root, "uboot-env.txt"), encoding="utf-8") as fh:
+                boot = fh.read().strip()
+            with open(os.path.join(root, "slot-b.img"), "rb") as a, open(files["rootfs"], "rb") as b:
+                same = a.read() == b.read()
+            print(f"      device boot environment: {boot}; slot b holds the new rootfs: {'yes' if same else 'NO'}")
+            if not same or boot != "ota_slot=b":
+                raise DemoError("the device did not end up on the new image")
+        finally:
+            self.stop_server()
+        self.summary(files)
+        return 0
+
+    def offline(self) -> int:
+        os.makedirs(self.workdir, exist_ok=True)
+        files = self.build_side()
+        atomic_write_text(files["conf"], json.dumps(dict(SAMPLE_CONFIG, partnerId="demo"), indent=4) + "\n")
+        self.step("create the OTA record offline (id and versionNumber derived locally)")
+        self.run("ota-build", "record", "-c", files["conf"], "-n", "2", "-d", "-o", files["record"], "--force")
+        self.package_and_verify(files)
+        self.summary(files)
+        return 0
+
+    def summary(self, files: Dict[str, str]) -> None:
+        print(f"\nDone. Everything is in {self.workdir}:")
+        for name in ("conf", "record", "bin", "pub"):
+            print(f"  {files[name]}")
+        print("\nThe same with a real build: add meta-ota to bblayers.conf, INHERIT += \"ota\" in local.conf and run\n"
+              "'bitbake core-image-minimal': DEPLOY_DIR_IMAGE then holds hub_update.bin, full_ota_record.json and the\n"
+              "public key, and the rootfs has /etc/full_ota_record.json. Upload it with\n"
+              "'partner-ota-hub-uploader -c partner-ota-conf.json -n $BUILD_NUMBER --uploadOTAImage' (see README.md).")
+
+
+def run_demo(workdir: str, offline: bool = False) -> int:
+    """Run the demo; 0 on success."""
+    demo = Demo(workdir)
+    return demo.offline() if offline else demo.journey()
+
+
+
+

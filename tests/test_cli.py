@@ -79,10 +79,23 @@ def test_deploy_needs_device_and_image(seed_config, tmp_path):
     assert_one_line_error(proc, 2, "-i IMAGEID")
 
 
-def test_demo_runs(tmp_path):
-    proc = run_cli("ota-build", "demo", "--workdir", str(tmp_path / "demo"), check=0)
-    assert "verified" in proc.stdout
+def test_demo_offline_runs(tmp_path):
+    proc = run_cli("ota-build", "demo", "--offline", "--workdir", str(tmp_path / "demo"), check=0)
+    assert "OK (type 5" in proc.stdout
     assert (tmp_path / "demo" / "hub_update.bin").exists()
+
+
+def test_demo_journey_end_to_end(tmp_path):
+    """The README's first command: server, upload, list, deploy, device installs and reports."""
+    proc = run_cli("ota-build", "demo", "--workdir", str(tmp_path / "demo"), check=0)
+    out = proc.stdout
+    for expected in ("--createOTARecord", "--uploadOTAImage", "Image Id", "Request accepted for processing",
+                     "installed: versionNumber 1", "slot b holds the new rootfs: yes", "Done. Everything is in"):
+        assert expected in out, expected
+    assert (tmp_path / "demo" / "device" / "uboot-env.txt").read_text() == "ota_slot=b\n"
+    creds = json.loads((tmp_path / "demo" / "credentials.json").read_text())
+    for secret in (creds["userpw"], creds["auth-string"]):
+        assert secret not in out and secret not in proc.stderr  # secrets are never printed
 
 
 def test_uploader_invalid_config(tmp_path):
