@@ -90,9 +90,17 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def app_from_env() -> FastAPI:
+def asgi_app(settings: Settings) -> Any:
+    """The application as served: ``create_app`` plus the ``/latestVersion`` fast path."""
+    from .packages import LatestVersionFastPath
+
+    app = create_app(settings)
+    return LatestVersionFastPath(app, app.state.db)
+
+
+def app_from_env() -> Any:
     """uvicorn factory: ``uvicorn --factory ota_build.server.app:app_from_env``."""
-    return create_app(settings_from_env())
+    return asgi_app(settings_from_env())
 
 
 __all__ = ["create_app", "app_from_env", "Settings", "RangeFileResponse", "HTTPException"]
