@@ -151,10 +151,13 @@ class OtaClient:
         return bool(self.request("GET", path).json().get("value"))
 
     def create_record(self, name: str, description: str, version: str, ota_type: int,
-                      tags: Optional[List[str]] = None) -> Dict[str, Any]:
-        """Register a record; the server assigns ``id`` and ``versionNumber``."""
-        body = {"name": name, "description": description, "type": ota_type, "version": version, "url": "",
-                "tags": list(tags or [])}
+                      tags: Optional[List[str]] = None, version_number: Optional[str] = None) -> Dict[str, Any]:
+        """Register a record; the server assigns ``id`` and ``versionNumber`` (or keeps ``version_number``
+        when given and above the latest one)."""
+        body: Dict[str, Any] = {"name": name, "description": description, "type": ota_type, "version": version,
+                                "url": "", "tags": list(tags or [])}
+        if version_number is not None:
+            body["versionNumber"] = str(version_number)
         return self.request("POST", f"/v1/ota/partners/{self.partner}/pool", ok=(201,), json=body).json()
 
     def update_record(self, record: Dict[str, Any]) -> None:

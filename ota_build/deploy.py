@@ -80,6 +80,14 @@ def upload_image(cfg: OtaConfig, record_path: str, image_path: str, client: Opti
         raise UsageError(f"{image_path}: header versionNumber {header.version_number} differs from the record's "
                          f"{record['versionNumber']} (package the image with this record)")
     client = client or OtaClient(cfg)
+    if not client.record_exists(record["name"], record["version"], int(record["type"])):
+        # A record made offline (the BitBake layer, or no server at --createOTARecord time): register it
+        # with the versionNumber the image was built with; the server accepts it if above its latest.
+        created = client.create_record(record["name"], record.get("description", ""), record["version"],
+                                       int(record["type"]), record.get("tags"), record["versionNumber"])
+        record["id"] = created["id"]
+        log.info("registered the offline record %s %s (versionNumber %s) on the server", record["name"],
+                 record["version"], record["versionNumber"])
     if client.is_associated(cfg.device_type_id, int(record["type"]), str(record["versionNumber"])):
         log.warning("versionNumber %s is already uploaded and associated; nothing to do", record["versionNumber"])
         return UploadResult(record, "", record.get("url", ""), None, already=True)
