@@ -25,8 +25,10 @@ demo: $(SSTAMP)
 	rm -rf demo-output
 	$(BIN)/ota-build demo --workdir demo-output
 
-## test: the test-suite (CI runs exactly this)
+## test: lint (ruff, mypy) and the test-suite (CI runs exactly this)
 test: $(STAMP)
+	$(BIN)/ruff check ota_build tests benchmarks
+	$(BIN)/mypy ota_build
 	$(BIN)/python -m pytest -q
 
 ## bench: speed and memory benchmarks (1 GiB image; see benchmarks/README.md)
@@ -38,6 +40,5 @@ clean:
 
 ## lint: ruff and mypy over the library, tests and benchmarks
 lint: $(STAMP)
-	$(BIN)/pip install --quiet ruff mypy
 	$(BIN)/ruff check ota_build tests benchmarks
 	$(BIN)/mypy ota_build

@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import requests
 
@@ -201,7 +201,7 @@ class OtaClient:
                                                   "Content-Range": f"bytes {offset}-{end}/{size}"},
                                          timeout=self.timeout)
                 except (requests.ConnectionError, requests.Timeout) as exc:
-                    resp = None
+                    resp = None  # type: ignore[assignment]
                     err = type(exc).__name__
                 if resp is not None and resp.status_code in (200, 409) and "offset" in (resp.json() or {}):
                     offset = int(resp.json()["offset"])

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from .errors import OtaError
 from .fsutil import atomic_write_text

@@ -95,7 +95,7 @@ def pack(folder: str, package: str, branch: str, version: str, output: Optional[
     content = make_content(package, branch, version, sha, server or "", description)
     content_path = os.path.join(os.path.dirname(os.path.abspath(output)), "content.json")
     atomic_write_text(content_path, json.dumps(content, indent=4, ensure_ascii=False) + "\n")
-    result = {"zip": output, "content": content_path, "sha256": sha}
+    result: Dict[str, Any] = {"zip": output, "content": content_path, "sha256": sha}
     if server:
         if not token:
             raise UsageError("--token (or OTA_TOKEN) is required to upload")

@@ -61,6 +61,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
     from .server import admin
 
     db = _open_db(args)
+    doc: Any
     try:
         if args.admin_command == "partner":
             password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None

@@ -16,6 +16,9 @@ from ota_build.signing import generate_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The server fixtures (server, partner) live in tests/serverutil.py.
+pytest_plugins = ["tests.serverutil"]
+
 # The seed document's example configuration, byte for byte (Comments key and all).
 SEED_CONFIG = """{
     "Comments"    : "Configuration file for partner full OTA image upload tool",

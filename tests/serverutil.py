@@ -1,7 +1,7 @@
 """Fixtures for the server tests: a real ``ota-build serve`` on 127.0.0.1, over
 SQLite, and over PostgreSQL too when ``OTA_TEST_DATABASE_URL`` names a server
-(``.ci/run`` starts one). Import the fixtures into a test module with
-``from .serverutil import *``.
+(``.ci/run`` starts one). conftest.py registers this module as a plugin, so
+the fixtures are available to every test module.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from ota_build.sample import make_sample_rootfs
 from ota_build.signing import make_signer
 
 from .conftest import run_cli
-from .serverutil import Partner, partner, server  # noqa: F401  (fixtures)
+from .serverutil import Partner
 
 
 def make_device(tmp: Path, server_url: str, token: str, public_key: str, device_id: str = "dev-1",
@@ -87,7 +87,7 @@ def publish_with_seed_tools(p: Partner, key: str) -> Dict[str, Any]:
     return {"imageId": row[0], "record": record, "rootfs": rootfs}
 
 
-def test_journey_deploy_install_report(server, partner, keys, tmp_path, caplog):  # noqa: F811
+def test_journey_deploy_install_report(server, partner, keys, tmp_path, caplog):
     key = keys["ed25519"]
     published = publish_with_seed_tools(partner, key["private"])
     token = partner.device("dev-1")
@@ -119,7 +119,7 @@ def test_journey_deploy_install_report(server, partner, keys, tmp_path, caplog):
     assert slots(conf) == after
 
 
-def test_interrupted_download_resumes(server, partner, keys, tmp_path, caplog):  # noqa: F811
+def test_interrupted_download_resumes(server, partner, keys, tmp_path, caplog):
     key = keys["ed25519"]
     published = publish_with_seed_tools(partner, key["private"])
     token = partner.device("dev-r")
@@ -141,7 +141,7 @@ def test_interrupted_download_resumes(server, partner, keys, tmp_path, caplog): 
     assert f"resuming download at byte {len(full) // 2}" in caplog.text
 
 
-def test_device_token_cannot_deploy(server, partner, keys):  # noqa: F811
+def test_device_token_cannot_deploy(server, partner, keys):
     token = partner.device("dev-x")
     resp = requests.put(f"{server.url}/v1/ota/partners/{partner.partner_id}/deviceTypes/{partner.device_type}"
                         f"/firmwareImages/1/push", json={"value": "dev-x"},

@@ -6,10 +6,9 @@ import json
 import os
 
 from .conftest import assert_one_line_error, run_cli
-from .serverutil import partner, server  # noqa: F401  (fixtures)
 
 
-def test_offline_record_registers_with_its_version_number(partner, keys):  # noqa: F811
+def test_offline_record_registers_with_its_version_number(partner, keys):
     p = partner
     env = {**p.env}
     # Offline: no server at record time (as in a BitBake build).

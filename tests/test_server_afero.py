@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 from typing import Dict
 
-import pytest
 import requests
 
 from ota_build.client import OtaClient
@@ -20,7 +19,7 @@ from ota_build.package import package_image
 from ota_build.signing import make_signer
 
 from .conftest import assert_one_line_error, run_cli
-from .serverutil import Partner, partner, server  # noqa: F401  (fixtures)
+from .serverutil import Partner
 
 
 def make_image(directory: Path, version_number: int, key: str, size: int = 200_000, name: str = "hub_update.bin",

@@ -11,7 +11,6 @@ from pathlib import Path
 import requests
 
 from .conftest import ROOT
-from .serverutil import partner, server  # noqa: F401  (fixtures)
 
 
 def test_committed_openapi_is_current(server):

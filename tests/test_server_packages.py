@@ -8,13 +8,11 @@ import json
 import threading
 import zipfile
 
-import pytest
 import requests
 
 from ota_build.server.packages import version_key
 
 from .conftest import assert_one_line_error, run_cli
-from .serverutil import partner, server  # noqa: F401  (fixtures)
 
 
 def content_for(data: bytes, package: str = "helloworld", branch: str = "major", version: str = "0.1.0") -> dict:

@@ -10,7 +10,6 @@ import zipfile
 import pytest
 import requests
 
-from .serverutil import partner, server  # noqa: F401  (fixtures)
 
 CHROMEDRIVER = shutil.which("chromedriver")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

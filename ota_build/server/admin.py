@@ -129,7 +129,7 @@ def add_partner_key(db: Database, partner_id: str, pem: str) -> Dict[str, str]:
 def list_partners(db: Database) -> List[Dict[str, object]]:
     """Partners with their device types (no secrets)."""
     with db.session() as s:
-        out = []
+        out: List[Dict[str, object]] = []
         for p in s.scalars(select(Partner).order_by(Partner.partner_id)):
             types = list(s.scalars(select(DeviceType.device_type_id).where(DeviceType.partner_pk == p.id)))
             out.append({"partnerId": p.partner_id, "username": p.username, "deviceTypes": types})

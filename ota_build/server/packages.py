@@ -111,7 +111,8 @@ class LatestVersionFastPath:
 
 
 @router.get("/getVersion")
-def get_version(request: Request, package: Optional[str] = Query(None, max_length=100), branch: Optional[str] = Query(None, max_length=100),
+def get_version(request: Request, package: Optional[str] = Query(None, max_length=100),
+                branch: Optional[str] = Query(None, max_length=100),
                 version: Optional[str] = Query(None, max_length=100)) -> JSONResponse:
     """Every version matching the filters (``package`` required); an empty list when none."""
     if not package:
