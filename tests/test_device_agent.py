@@ -305,3 +305,23 @@ def test_local_api_needs_token(keys, tmp_path):
             api.shutdown()
     finally:
         hostile.close()
+
+
+def test_device_id_and_token_from_provisioned_files(tmp_path, keys):
+    conf = make_device(tmp_path, "http://127.0.0.1:9", "", keys["ed25519"]["public"])
+    doc = json.loads(conf.read_text())
+    del doc["device"], doc["deviceToken"]
+    (conf.parent / "device-id").write_text("sama5-0042\n")
+    (conf.parent / "device-token").write_text("tok-123\n")
+    doc.update(deviceFile="device-id", deviceTokenFile="device-token")
+    conf.write_text(json.dumps(doc))
+    cfg = load_agent_config(str(conf), env={})
+    assert cfg.device == "sama5-0042" and cfg.device_token == "tok-123"
+    assert load_agent_config(str(conf), env={"OTA_DEVICE_ID": "env-dev"}).device == "env-dev"
+    (conf.parent / "device-id").write_text("bad id/../x\n")
+    with pytest.raises(ConfigError, match="field 'device'"):
+        load_agent_config(str(conf), env={})
+    del doc["deviceFile"]
+    conf.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="field 'device': is missing"):
+        load_agent_config(str(conf), env={})

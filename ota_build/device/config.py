@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -54,6 +55,16 @@ class AgentConfig:
         return self.packages[0] if len(self.packages) == 1 else None
 
 
+def _read_secret_file(path: str, field_name: str, name: str) -> str:
+    """The stripped content of a per-device file named by ``field_name``."""
+    full = os.path.join(os.path.dirname(os.path.abspath(path)), name)
+    try:
+        with open(full, encoding="utf-8") as fh:
+            return fh.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"{path}: field '{field_name}': cannot read {full}: {exc.strerror}") from None
+
+
 def load_agent_config(path: str, env: Optional[Mapping[str, str]] = None) -> AgentConfig:
     """Load and validate the agent config; ConfigError names the file and field."""
     env = os.environ if env is None else env
@@ -65,18 +76,21 @@ def load_agent_config(path: str, env: Optional[Mapping[str, str]] = None) -> Age
         raise ConfigError(f"{path}: field 'installer.slots': is missing (needed by the A/B installer)")
     token = env.get("OTA_DEVICE_TOKEN") or doc.get("deviceToken", "")
     if not token and doc.get("deviceTokenFile"):
-        try:
-            with open(doc["deviceTokenFile"], encoding="utf-8") as fh:
-                token = fh.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"{path}: field 'deviceTokenFile': cannot read {doc['deviceTokenFile']}: {exc.strerror}") from None
+        token = _read_secret_file(path, "deviceTokenFile", doc["deviceTokenFile"])
+    device = env.get("OTA_DEVICE_ID") or doc.get("device", "")
+    if not device and doc.get("deviceFile"):
+        device = _read_secret_file(path, "deviceFile", doc["deviceFile"])
+    if not device:
+        raise ConfigError(f"{path}: field 'device': is missing (set it, OTA_DEVICE_ID, or deviceFile)")
+    if not re.match(r"^[A-Za-z0-9._-]{1,128}$", device):
+        raise ConfigError(f"{path}: field 'device': {device!r} is not a valid device id")
     flask = doc.get("flask", {})
     if flask.get("debug"):
         log.warning("%s: flask.debug is ignored: the local API never runs a debugger", path)
     base = os.path.dirname(os.path.abspath(path))
     return AgentConfig(
         path=path,
-        device=doc["device"],
+        device=device,
         server=doc["server"].rstrip("/"),
         device_type_id=doc["deviceTypeId"],
         public_keys=[os.path.join(base, p) for p in doc["publicKeys"]],
