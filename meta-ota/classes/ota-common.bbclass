@@ -1,3 +1,4 @@
+# nooelint: oelint.bbclass.underscores - named like oe-core's core-image, image-artifact-names
 # Settings and helpers shared by ota-image.bbclass and the recipes in
 # recipes-ota/. Every setting is documented in the README ("Using the layer").
 #
@@ -69,46 +70,49 @@ def ota_library(d):
 def ota_check_settings(d):
     """Check the settings at parse time; return the loaded config (or None).
     A problem stops the parse with one line naming the variable or field."""
+    cfg, problem = ota_settings_problem(d)
+    if problem:
+        bb.fatal(problem)
+    return cfg
+
+def ota_settings_problem(d):
+    """(config, None) when the settings are usable, else (None, one-line message)."""
     import os
     for var in ("OTA_DEBUG", "OTA_UPLOAD"):
         if d.getVar(var) not in ("0", "1"):
-            bb.fatal("%s = '%s': must be 0 or 1" % (var, d.getVar(var)))
+            return None, "%s = '%s': must be 0 or 1" % (var, d.getVar(var))
     for var in ("OTA_SIGNING_KEY", "OTA_SIGNING_PUBLIC_KEY", "OTA_CREDENTIALS_FILE"):
         path = d.getVar(var)
         if path and not os.path.isfile(path):
-            bb.fatal("%s: %s: file not found" % (var, path))
+            return None, "%s: %s: file not found" % (var, path)
     ota_type = d.getVar("OTA_TYPE")
     if not ota_type.isdigit() or int(ota_type) > 255:
-        bb.fatal("OTA_TYPE = '%s': must be a number from 0 to 255 (5 = HUB)" % ota_type)
+        return None, "OTA_TYPE = '%s': must be a number from 0 to 255 (5 = HUB)" % ota_type
     config = d.getVar("OTA_CONFIG")
     if not os.path.isfile(config):
-        bb.fatal("OTA_CONFIG: %s: configuration file not found" % config)
+        return None, "OTA_CONFIG: %s: configuration file not found" % config
     bb.parse.mark_dependency(d, config)
-    lib = ota_library(d)
-    if lib is None:
-        return None
+    if ota_library(d) is None:
+        return None, None
     from ota_build.config import load_config
     from ota_build.errors import OtaError
     from ota_build.version import derive_version_number, parse_build_number, parse_version_number
+    blame = "OTA_CONFIG"
     try:
         cfg = load_config(config, env={})
-    except OtaError as exc:
-        bb.fatal("OTA_CONFIG: %s" % exc)
-    try:
+        blame = "OTA_BUILD_NUMBER"
         build = parse_build_number(d.getVar("OTA_BUILD_NUMBER"))
-    except OtaError as exc:
-        bb.fatal("OTA_BUILD_NUMBER: %s" % exc)
-    try:
+        blame = "OTA_VERSION_NUMBER"
         if d.getVar("OTA_VERSION_NUMBER"):
             parse_version_number(d.getVar("OTA_VERSION_NUMBER"))
         else:
             derive_version_number(cfg.version, build)
     except OtaError as exc:
-        bb.fatal("OTA_VERSION_NUMBER: %s" % str(exc).replace("--version-number", "OTA_VERSION_NUMBER"))
+        return None, "%s: %s" % (blame, str(exc).replace("--version-number", "OTA_VERSION_NUMBER"))
     if int(ota_type) != cfg.ota_type:
-        bb.fatal("OTA_TYPE = '%s' but field 'type' of OTA_CONFIG (%s) is %d: make them the same"
-                 % (ota_type, config, cfg.ota_type))
-    return cfg
+        return None, ("OTA_TYPE = '%s' but field 'type' of OTA_CONFIG (%s) is %d: make them the same"
+                      % (ota_type, config, cfg.ota_type))
+    return cfg, None
 
 def ota_secret_env(d):
     """The secrets the library reads from its environment, taken from the

@@ -1,3 +1,4 @@
+# nooelint: oelint.bbclass.underscores - named like oe-core's core-image, image-artifact-names
 # Make an image an OTA release: "inherit ota-image" in an image recipe, or
 # INHERIT += "ota" in local.conf for every image.
 #
@@ -104,6 +105,7 @@ python do_ota_package_setscene() {
     sstate_setscene(d)
 }
 addtask do_ota_package_setscene
+do_ota_package[doc] = "Wraps the payload image into the signed OTA image (hub_update.bin) and deploys it with the record and the public key"
 addtask ota_package after do_image_complete before do_build
 
 python do_ota_upload() {
@@ -120,6 +122,7 @@ python do_ota_upload() {
     ota_run(d, args, "OTA_UPLOAD", module="ota_build.compat", secrets=ota_secret_env(d), cwd=workdir)
 }
 do_ota_upload[network] = "1"
+do_ota_upload[doc] = "Uploads the OTA image and its record to the OTA service (OTA_UPLOAD = 1)"
 do_ota_upload[dirs] = "${OTA_UPLOADDIR}"
 do_ota_upload[cleandirs] = "${OTA_UPLOADDIR}"
 do_ota_upload[depends] += "${OTA_NATIVE_DEPENDS}"

@@ -1,3 +1,4 @@
+# nooelint: oelint.var.mandatoryvar.SRC_URI - nothing to fetch: the record is made from OTA_CONFIG
 SUMMARY = "OTA record (/etc/full_ota_record.json) and the OTA verification key"
 DESCRIPTION = "Creates the image's OTA record from OTA_CONFIG and OTA_BUILD_NUMBER with \
 ota_build (or picks up a record made before the build in OTA_RECORD_PREMADE, as \
@@ -10,9 +11,8 @@ LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda
 
 inherit allarch ota-common
 
-DEPENDS = "ota-build-native python3-native openssl-native"
+DEPENDS += "ota-build-native python3-native openssl-native"
 
-S = "${WORKDIR}/sources-ota-record"
 B = "${WORKDIR}/build"
 
 do_configure[noexec] = "1"
