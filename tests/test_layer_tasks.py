@@ -294,3 +294,27 @@ def test_parse_time_check_of_a_bad_config_names_the_field(tmp_path, native):
     assert problem.startswith("OTA_CONFIG: ") and "imageFiles.A" in problem
     cfg, problem = ns.ota_settings_problem(record_vars(tmp_path, native))
     assert problem is None and cfg.image_file == "hub_update.bin"
+
+
+def test_native_recipe_install_gives_working_tools(tmp_path):
+    """ota-build-native's do_install, run by the shell as BitBake would, installs tools that run."""
+    import subprocess
+    text = next(LAYER.glob("recipes-ota/ota-build/ota-build-native_*.bb")).read_text()
+    body = re.search(r"^do_install\(\) \{\n(.*?)^\}$", text, re.M | re.S).group(1)
+    prefix = tmp_path / "image"
+    values = {"D": str(prefix), "S": str(ROOT / "ota_build"), "datadir": "/usr/share", "bindir": "/usr/bin"}
+    script = re.sub(r"\$\{(D|S|datadir|bindir)\}", lambda m: values[m.group(1)], body)
+    subprocess.run(["bash", "-euc", script], check=True)
+    installed = prefix / "usr" / "share" / "ota-build" / "ota_build"
+    assert (installed / "cli.py").is_file() and (installed / "schemas").is_dir()
+    assert not list(installed.rglob("__pycache__")) and not list(installed.rglob("*.pyc"))
+    env = {"PATH": os.environ["PATH"], "OTA_PYTHON": sys.executable, "PYTHONNOUSERSITE": "1"}
+    for tool in ("ota-build", "partner-ota-hub-uploader", "partner-ota-hub-deploy"):
+        proc = subprocess.run([str(prefix / "usr" / "bin" / tool), "--help"], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, check=False)
+        assert proc.returncode == 0 and f"usage: {tool}" in proc.stdout, proc.stderr
+    proc = subprocess.run([str(prefix / "usr" / "bin" / "ota-build"), "record", "-c",
+                           str(LAYER / "files" / "partner-ota-conf.json"), "-n", "3", "-o", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["version"] == "0.1.3"
