@@ -132,6 +132,19 @@ def test_task_graph(build_dir):
                           "python3-jsonschema-native", "python3-requests-native"}
 
 
+def test_upload_task_only_with_ota_upload(build_dir):
+    out = _owned_dir("ota-graph-upload-")
+    (out / "upload.conf").write_text('OTA_UPLOAD = "1"\n')
+    (out / "upload.conf").chmod(0o644)
+    proc = bitbake(build_dir, f"bitbake -R {out}/upload.conf -g core-image-minimal", cwd=out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not problems(proc), problems(proc)
+    dot = (out / "task-depends.dot").read_text()
+    assert '"core-image-minimal.do_ota_upload" -> "core-image-minimal.do_ota_package"' in dot
+    assert '"core-image-minimal.do_build" -> "core-image-minimal.do_ota_upload"' in dot
+    assert '"core-image-minimal.do_ota_upload" -> "python3-requests-native.do_populate_sysroot"' in dot
+
+
 def test_misconfiguration_is_one_line_at_parse_time(build_dir):
     bad = _owned_dir("ota-bad-")
     (bad / "conf.json").write_text('{"name": "x", "version": "1.0", "imageFiles": {"A": "a/b"}}')
