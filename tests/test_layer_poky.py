@@ -162,6 +162,21 @@ def test_misconfiguration_is_one_line_at_parse_time(build_dir):
             assert "imageFiles.A" in first
 
 
+def check_layer_results(output):
+    """{test name: result} from yocto-check-layer's log ("ok", "skipped ...", "FAIL", ...)."""
+    results, current = {}, None
+    for line in output.splitlines():
+        m = re.match(r"INFO: (test_\w+) \(", line)
+        if m:
+            current = m.group(1)
+            continue
+        m = re.match(r"INFO:\s+\.\.\. (.+)$", line)
+        if m and current:
+            results[current] = m.group(1).strip()
+            current = None
+    return results
+
+
 @pytest.mark.skipif(os.environ.get("OTA_POKY_SKIP_CHECK_LAYER") == "1", reason="OTA_POKY_SKIP_CHECK_LAYER=1")
 def test_yocto_check_layer():
     check_dir = _owned_dir("ota-check-layer-")
@@ -169,5 +184,13 @@ def test_yocto_check_layer():
     proc = bitbake(check_dir, f"printf %s {shlex.quote(plain_conf)} >> conf/local.conf"
                               f" && yocto-check-layer {shlex.quote(str(LAYER))}", timeout=7200)
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-5000:]
-    assert re.search(r"meta-ota\s+PASS", output), output[-3000:]
+    results = check_layer_results(output)
+    assert {"test_parse", "test_readme", "test_signatures", "test_world"} <= set(results), output[-3000:]
+    for test, result in results.items():
+        if test == "test_patches_upstream_status" and result == "unexpected success":
+            # scarthgap and later mark this test expectedFailure, so a layer without malformed
+            # patches "unexpectedly succeeds" and yocto-check-layer prints FAIL (meta-skeleton too).
+            continue
+        assert result == "ok" or result.startswith("skipped"), f"{test}: {result}\n{output[-3000:]}"
+    if "test_patches_upstream_status" not in results:              # kirkstone: the overall verdict is reliable
+        assert proc.returncode == 0 and re.search(r"meta-ota\s+PASS", output), output[-3000:]
