@@ -124,7 +124,8 @@ def record_vars(tmp_path, native, **changes):
         "OTA_DEV_KEY_DIR": "${TOPDIR}/ota-dev-keys", "OTA_DEV_KEY_ALGORITHM": "ed25519",
         "OTA_RECORD_PREMADE": "${TMPDIR}/full_ota_record.json", "OTA_RECORD_TIMESTAMP": "1700000000",
         "OTA_SECRET_ENV_VARS": "OTA_KEY_PASSWORD OTA_USERNAME OTA_USERPW OTA_AUTH_STRING OTA_CREDENTIALS_FILE OTA_SERVER",
-        "OTA_UPLOAD": "0", "OTA_CREDENTIALS_FILE": "", "BB_ORIGENV": None, **native,
+        "OTA_UPLOAD": "0", "OTA_CREDENTIALS_FILE": "", "BB_ORIGENV": None, "OTA_SOURCE_DIR": str(ROOT),
+        "OTA_LAYERDIR": str(LAYER), **native,
     }
     values.update(changes)
     d = FakeData(values)
@@ -278,6 +279,7 @@ def test_secret_env_comes_from_the_original_environment(tmp_path, image):
     ({"OTA_VERSION_NUMBER": "12x"}, "OTA_VERSION_NUMBER: "),
     ({"OTA_SIGNING_KEY": "/nonexistent/k.pem"}, "OTA_SIGNING_KEY: /nonexistent/k.pem: file not found"),
     ({"OTA_CONFIG": "/nonexistent/c.json"}, "OTA_CONFIG: /nonexistent/c.json: configuration file not found"),
+    ({"OTA_CREDENTIALS_FILE": str(LAYER / "files" / "partner-ota-conf.json")}, "OTA_CREDENTIALS_FILE: "),
 ])
 def test_parse_time_checks_name_the_variable(tmp_path, native, changes, message):
     ns = load(COMMON)

@@ -85,6 +85,10 @@ def ota_settings_problem(d):
         path = d.getVar(var)
         if path and not os.path.isfile(path):
             return None, "%s: %s: file not found" % (var, path)
+    cred = d.getVar("OTA_CREDENTIALS_FILE")
+    repo = os.path.realpath(d.getVar("OTA_SOURCE_DIR") or d.getVar("OTA_LAYERDIR") or "/nonexistent")
+    if cred and os.path.realpath(cred).startswith(repo + os.sep):
+        return None, "OTA_CREDENTIALS_FILE: %s is inside the meta-ota repository: keep credentials outside the layer" % cred
     ota_type = d.getVar("OTA_TYPE")
     if not ota_type.isdigit() or int(ota_type) > 255:
         return None, "OTA_TYPE = '%s': must be a number from 0 to 255 (5 = HUB)" % ota_type
