@@ -11,7 +11,7 @@ LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda
 
 inherit allarch ota-common
 
-DEPENDS += "ota-build-native python3-native openssl-native"
+DEPENDS += "openssl-native ota-build-native python3-native"
 
 B = "${WORKDIR}/build"
 
@@ -67,6 +67,6 @@ do_install() {
     install -m 0644 ${B}/public.pem ${D}${OTA_DEVICE_KEY_PATH}
 }
 
-FILES:${PN} = "${sysconfdir}/full_ota_record.json ${OTA_DEVICE_KEY_PATH}"
+FILES:${PN} += "${sysconfdir}/full_ota_record.json ${OTA_DEVICE_KEY_PATH}"
 # do_ota_package of the image reads both files from the sysroot.
 SYSROOT_DIRS += "${sysconfdir}"
