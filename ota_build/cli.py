@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 from . import __version__
 from .config import DEFAULT_CONFIG_NAME, load_config
 from .errors import OtaError, UsageError, VerifyError
+from .fsutil import atomic_write_bytes
 from .package import inspect_file, package_image, verify_file
 from .record import RECORD_NAME, find_record, load_record, new_record, write_record
 from .signing import KEYGEN_ALGORITHMS, Keyring, generate_key, make_signer
@@ -102,6 +103,17 @@ def create_record_file(conf: str, build_number: str, debug: bool, skip_tmpdir: b
 # --------------------------------------------------------------------------- subcommands
 
 def cmd_record(args: argparse.Namespace) -> int:
+    if args.from_record:
+        # A record made earlier (e.g. by partner-ota-hub-uploader --createOTARecord, with the
+        # server's id and versionNumber): validate it and copy it to the output unchanged.
+        record = load_record(args.from_record)
+        path = record_output_path(args.output, args.s)
+        if os.path.abspath(path) != os.path.abspath(args.from_record):
+            write_record(record, path)
+        print(path)
+        return 0
+    if args.buildNum is None:
+        raise UsageError("record: -n/--buildNum is required (unless --from is given)")
     path = create_record_file(args.conf, args.buildNum, args.debug_build, args.s, args.output,
                               args.version_number, args.credentials, args.force)
     print(path)
@@ -116,6 +128,17 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     print(f"private key: {private}")
     print(f"public key:  {public}")
     print(f"key id:      {key.key_id.hex()}")
+    return 0
+
+
+def cmd_pubkey(args: argparse.Namespace) -> int:
+    signer = make_signer(args.key, backend=args.backend)
+    pem = signer.public_key.pem
+    if args.output:
+        atomic_write_bytes(args.output, pem, mode=0o644)
+        print(f"{args.output}: key id {signer.key_id.hex()}")
+    else:
+        sys.stdout.write(pem.decode("ascii"))
     return 0
 
 
@@ -201,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Without -s or -o it goes to BitBake's TMPDIR, as the original tool does. "
                                    "id and versionNumber are derived locally (docs/record.md).")
     p.add_argument("-c", "--conf", default=DEFAULT_CONFIG_NAME, help=f"config file (default: ./{DEFAULT_CONFIG_NAME})")
-    p.add_argument("-n", "--buildNum", required=True, metavar="N", help="build number (e.g. Jenkins' BUILD_NUMBER)")
+    p.add_argument("-n", "--buildNum", metavar="N", help="build number (e.g. Jenkins' BUILD_NUMBER); required "
+                   "unless --from is given")
     p.add_argument("-d", "--debug-build", action="store_true", help="debug build: append 'd' to the version")
     where = p.add_mutually_exclusive_group()
     where.add_argument("-s", action="store_true", help="write to the current directory instead of BitBake's TMPDIR")
@@ -209,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version-number", metavar="N", help="set versionNumber explicitly (digits) instead of deriving it")
     p.add_argument("--credentials", metavar="FILE", help="JSON file with username/userpw/auth-string (also OTA_CREDENTIALS_FILE)")
     p.add_argument("--force", action="store_true", help="replace an existing record")
+    p.add_argument("--from", dest="from_record", metavar="RECORD",
+                   help="use this existing record (e.g. from partner-ota-hub-uploader --createOTARecord): "
+                        "validate it and write it to the output unchanged; -c, -n, -d and --version-number are ignored")
     p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("keygen", help="generate a signing key pair",
@@ -224,6 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generate with the cryptography library or the openssl command (default: auto)")
     p.add_argument("--force", action="store_true", help="overwrite existing key files")
     p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("pubkey", help="write the public key of a signing key",
+                       description="Write the PEM public key of a private signing key (the key devices verify with).")
+    p.add_argument("-k", "--key", required=True, metavar="PEM", help="private signing key (PEM); an encrypted key's "
+                   "password is read from OTA_KEY_PASSWORD")
+    p.add_argument("-o", "--output", metavar="PATH", help="write the public key to PATH (default: standard output)")
+    p.add_argument("--backend", choices=("auto", "cryptography", "openssl"), default="auto",
+                   help="read the key with the cryptography library or the openssl command (default: auto)")
+    p.set_defaults(func=cmd_pubkey)
 
     p = sub.add_parser("package", help="wrap an image into a signed hub_update.bin",
                        description="Wrap any file (the seed uses the rootfs .tar.gz) into hub_update.bin: a signed "

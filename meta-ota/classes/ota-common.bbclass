@@ -1,0 +1,164 @@
+# nooelint: oelint.bbclass.underscores - named like oe-core's core-image, image-artifact-names
+# Settings and helpers shared by ota-image.bbclass and the recipes in
+# recipes-ota/. Every setting is documented in the README ("Using the layer").
+#
+# The class is thin on purpose: it reads variables, checks them, and runs the
+# ota_build library from the native sysroot (ota-build-native, run by
+# python3-native, signing with openssl-native). No OTA logic lives here.
+
+# --- user settings ------------------------------------------------------------
+OTA_CONFIG ??= "${OTA_LAYERDIR}/files/partner-ota-conf.json"
+# Jenkins sets BUILD_NUMBER; pass it in with
+#   export BB_ENV_PASSTHROUGH_ADDITIONS="$BB_ENV_PASSTHROUGH_ADDITIONS BUILD_NUMBER"
+OTA_BUILD_NUMBER ??= "${@d.getVar('BUILD_NUMBER') or '0'}"
+OTA_DEBUG ??= "0"
+OTA_SIGNING_KEY ??= ""
+OTA_SIGNING_PUBLIC_KEY ??= ""
+OTA_DEV_KEY_DIR ??= "${TOPDIR}/ota-dev-keys"
+OTA_DEV_KEY_ALGORITHM ??= "ed25519"
+OTA_PAYLOAD_FSTYPE ??= "tar.gz"
+OTA_TYPE ??= "5"
+OTA_VERSION_NUMBER ??= ""
+OTA_UPLOAD ??= "0"
+OTA_RECORD_PREMADE ??= "${TMPDIR}/full_ota_record.json"
+OTA_RECORD_TIMESTAMP ??= "${SOURCE_DATE_EPOCH}"
+OTA_DEVICE_KEY_PATH ??= "${sysconfdir}/ota/ota-signing.pub.pem"
+OTA_CREDENTIALS_FILE ??= ""
+OTA_IMAGE_FILE ??= ""
+
+# --- derived ------------------------------------------------------------------
+OTA_SIGNING_KEY_FILE = "${@d.getVar('OTA_SIGNING_KEY') or d.getVar('OTA_DEV_KEY_DIR') + '/ota-signing.key.pem'}"
+OTA_PUBLIC_KEY_FILE = "${@d.getVar('OTA_SIGNING_PUBLIC_KEY') or ('' if d.getVar('OTA_SIGNING_KEY') else d.getVar('OTA_DEV_KEY_DIR') + '/ota-signing.pub.pem')}"
+
+# The signatures hold values, not paths: a build number given through the
+# environment, and the *content* of the config, key and record files
+# ([file-checksums] on the tasks), so that moving the build directory keeps
+# sstate valid while a new key, config, version or build number re-runs the
+# OTA tasks.
+OTA_BUILD_NUMBER[vardepvalue] = "${OTA_BUILD_NUMBER}"
+OTA_VALUE_VARS = "OTA_BUILD_NUMBER OTA_DEBUG OTA_VERSION_NUMBER OTA_TYPE OTA_DEV_KEY_ALGORITHM OTA_DEVICE_KEY_PATH"
+OTA_PATH_VARS = "OTA_CONFIG OTA_SIGNING_KEY OTA_SIGNING_PUBLIC_KEY OTA_DEV_KEY_DIR OTA_RECORD_PREMADE \
+                 OTA_SIGNING_KEY_FILE OTA_PUBLIC_KEY_FILE OTA_LAYERDIR OTA_SOURCE_DIR OTA_CREDENTIALS_FILE TOPDIR TMPDIR"
+# Secrets: read from the environment at task time only, never from the datastore
+# into a signature, a log or the task's run script.
+OTA_SECRET_ENV_VARS = "OTA_KEY_PASSWORD OTA_USERNAME OTA_USERPW OTA_AUTH_STRING OTA_CREDENTIALS_FILE OTA_SERVER"
+OTA_FILE_CHECKSUMS = "${@' '.join(p + ':False' for p in (d.getVar(v) for v in ('OTA_CONFIG', 'OTA_SIGNING_KEY_FILE', 'OTA_PUBLIC_KEY_FILE', 'OTA_RECORD_PREMADE')) if p)}"
+OTA_NATIVE_DEPENDS = "ota-build-native:do_populate_sysroot python3-native:do_populate_sysroot openssl-native:do_populate_sysroot"
+
+def ota_library(d):
+    """The ota_build package of this layer's repository, for parse-time checks
+    (stdlib-only; loaded by path, without touching sys.path). None if it cannot
+    be loaded by this Python: the first OTA task then reports the problem."""
+    import importlib.util
+    import os
+    import sys
+    if "ota_build" in sys.modules:
+        return sys.modules["ota_build"]
+    init = os.path.join(d.getVar("OTA_SOURCE_DIR"), "ota_build", "__init__.py")
+    try:
+        spec = importlib.util.spec_from_file_location("ota_build", init,
+                                                      submodule_search_locations=[os.path.dirname(init)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["ota_build"] = module
+        spec.loader.exec_module(module)
+        import ota_build.config, ota_build.version  # noqa: F401
+    except Exception:
+        sys.modules.pop("ota_build", None)
+        return None
+    return module
+
+def ota_check_settings(d):
+    """Check the settings at parse time; return the loaded config (or None).
+    A problem stops the parse with one line naming the variable or field."""
+    cfg, problem = ota_settings_problem(d)
+    if problem:
+        bb.fatal(problem)
+    return cfg
+
+def ota_settings_problem(d):
+    """(config, None) when the settings are usable, else (None, one-line message)."""
+    import os
+    for var in ("OTA_DEBUG", "OTA_UPLOAD"):
+        if d.getVar(var) not in ("0", "1"):
+            return None, "%s = '%s': must be 0 or 1" % (var, d.getVar(var))
+    for var in ("OTA_SIGNING_KEY", "OTA_SIGNING_PUBLIC_KEY", "OTA_CREDENTIALS_FILE"):
+        path = d.getVar(var)
+        if path and not os.path.isfile(path):
+            return None, "%s: %s: file not found" % (var, path)
+    cred = d.getVar("OTA_CREDENTIALS_FILE")
+    repo = os.path.realpath(d.getVar("OTA_SOURCE_DIR") or d.getVar("OTA_LAYERDIR") or "/nonexistent")
+    if cred and os.path.realpath(cred).startswith(repo + os.sep):
+        return None, "OTA_CREDENTIALS_FILE: %s is inside the meta-ota repository: keep credentials outside the layer" % cred
+    ota_type = d.getVar("OTA_TYPE")
+    if not ota_type.isdigit() or int(ota_type) > 255:
+        return None, "OTA_TYPE = '%s': must be a number from 0 to 255 (5 = HUB)" % ota_type
+    config = d.getVar("OTA_CONFIG")
+    if not os.path.isfile(config):
+        return None, "OTA_CONFIG: %s: configuration file not found" % config
+    bb.parse.mark_dependency(d, config)
+    if ota_library(d) is None:
+        return None, None
+    from ota_build.config import load_config
+    from ota_build.errors import OtaError
+    from ota_build.version import derive_version_number, parse_build_number, parse_version_number
+    blame = "OTA_CONFIG"
+    try:
+        cfg = load_config(config, env={})
+        blame = "OTA_BUILD_NUMBER"
+        build = parse_build_number(d.getVar("OTA_BUILD_NUMBER"))
+        blame = "OTA_VERSION_NUMBER"
+        if d.getVar("OTA_VERSION_NUMBER"):
+            parse_version_number(d.getVar("OTA_VERSION_NUMBER"))
+        else:
+            derive_version_number(cfg.version, build)
+    except OtaError as exc:
+        return None, "%s: %s" % (blame, str(exc).replace("--version-number", "OTA_VERSION_NUMBER"))
+    if int(ota_type) != cfg.ota_type:
+        return None, ("OTA_TYPE = '%s' but field 'type' of OTA_CONFIG (%s) is %d: make them the same"
+                      % (ota_type, config, cfg.ota_type))
+    return cfg, None
+
+def ota_secret_env(d):
+    """The secrets the library reads from its environment, taken from the
+    BitBake environment (BB_ORIGENV, or BB_ENV_PASSTHROUGH_ADDITIONS) at task
+    time. OTA_CREDENTIALS_FILE may also be a BitBake variable (a path)."""
+    env = {}
+    origenv = d.getVar("BB_ORIGENV", False)
+    for name in d.getVar("OTA_SECRET_ENV_VARS").split():
+        value = d.getVar(name) or (origenv.getVar(name) if origenv else None)
+        if value:
+            env[name] = value
+    return env
+ota_secret_env[vardepsexclude] = "BB_ORIGENV ${OTA_SECRET_ENV_VARS}"
+
+def ota_run(d, args, blame, module="ota_build.cli", secrets=None, cwd=None):
+    """Run the ota_build library from the native sysroot. The logged command
+    line never holds a secret; secrets only go into the child's environment.
+    On failure, stop the task with the library's one-line error, prefixed by
+    the variable (``blame``) to look at."""
+    import os
+    import shlex
+    import subprocess
+    native = d.getVar("STAGING_BINDIR_NATIVE")
+    python = os.path.join(native, "python3-native", "python3")
+    env = dict(os.environ)
+    for name in d.getVar("OTA_SECRET_ENV_VARS").split():
+        env.pop(name, None)
+    env.update({
+        "PATH": "%s:%s" % (native, env.get("PATH", "")),
+        "PYTHONPATH": os.path.join(d.getVar("STAGING_DATADIR_NATIVE"), "ota-build"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONNOUSERSITE": "1",
+    })
+    env.update(secrets or {})
+    cmd = [python, "-m", module] + [str(a) for a in args]
+    bb.note("Running: " + " ".join(shlex.quote(a) for a in cmd[1:]))
+    proc = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True)
+    if proc.stdout.strip():
+        bb.note(proc.stdout.strip())
+    if proc.returncode != 0:
+        lines = [l for l in proc.stderr.strip().splitlines() if l.strip() and not l.startswith("usage:")]
+        bb.fatal("%s: %s" % (blame, lines[-1] if lines else "ota_build exited with %d" % proc.returncode))
+    return proc.stdout
+ota_run[vardepsexclude] = "${OTA_SECRET_ENV_VARS}"
