@@ -91,7 +91,7 @@ def build_dir():
 
 
 def problems(proc):
-    return [l for l in (proc.stdout + proc.stderr).splitlines() if l.startswith(("ERROR", "WARNING"))]
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith(("ERROR", "WARNING"))]
 
 
 def test_parse_without_errors_or_warnings(build_dir):
@@ -156,7 +156,7 @@ def test_misconfiguration_is_one_line_at_parse_time(build_dir):
             p.chmod(0o644)
         proc = bitbake(build_dir, f"bitbake -R {bad}/{conf} -e -b {recipe}")
         assert proc.returncode != 0
-        first = next(l for l in (proc.stdout + proc.stderr).splitlines() if l.startswith("ERROR"))
+        first = next(line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("ERROR"))
         assert first.startswith(expected), first
         if conf == "bad.conf":
             assert "imageFiles.A" in first

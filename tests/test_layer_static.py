@@ -39,7 +39,8 @@ def test_layer_conf():
     assert conf["LAYERSERIES_COMPAT_ota"].split() == ["kirkstone", "scarthgap", "walnascar"]
     assert "recipes-*/*/*.bb" in conf["BBFILES"]
     # Adding the layer must change nothing: no global INHERIT, no class enabled from layer.conf.
-    text = "\n".join(l for l in (LAYER / "conf" / "layer.conf").read_text().splitlines() if not l.startswith("#"))
+    text = "\n".join(line for line in (LAYER / "conf" / "layer.conf").read_text().splitlines()
+                     if not line.startswith("#"))
     assert "INHERIT" not in text and "IMAGE_CLASSES" not in text
 
 
@@ -53,8 +54,8 @@ def test_readme_and_security_for_yocto_check_layer():
 
 @pytest.mark.parametrize("path", METADATA, ids=lambda p: p.name)
 def test_new_override_syntax_only(path):
-    old = re.compile(r"^[A-Za-z0-9_${}]+_(append|prepend|remove)(_[a-z0-9-]+)?\s*[+.]?=|^(RDEPENDS|FILES|RRECOMMENDS|pkg_postinst)_\$\{PN\}",
-                     re.M)
+    old = re.compile(r"^[A-Za-z0-9_${}]+_(append|prepend|remove)(_[a-z0-9-]+)?\s*[+.]?="
+                     r"|^(RDEPENDS|FILES|RRECOMMENDS|pkg_postinst)_\$\{PN\}", re.M)
     assert not old.search(path.read_text()), f"{path.name}: old override syntax"
 
 

@@ -225,7 +225,8 @@ def test_package_task_signs_verifies_and_deploys(tmp_path, image):
     result = verify_file(str(versioned), keyring, expected_type=5, extract_to=str(tmp_path / "payload"))
     record = json.loads((tmp_path / "recipe-sysroot" / "etc" / "full_ota_record.json").read_text())
     assert result.header.version_number == int(record["versionNumber"])
-    assert (tmp_path / "payload").read_bytes() == (tmp_path / "deploy" / "core-image-minimal-qemux86-64.rootfs-20260101.tar.gz").read_bytes()
+    rootfs = tmp_path / "deploy" / "core-image-minimal-qemux86-64.rootfs-20260101.tar.gz"
+    assert (tmp_path / "payload").read_bytes() == rootfs.read_bytes()
     assert any("development key" in w for w in ns.bb.warnings)
 
 
