@@ -187,6 +187,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent_config(args: argparse.Namespace) -> int:
+    from .device.config import build_agent_config
+    from .fsutil import atomic_write_text
+
+    doc = build_agent_config(args.server, args.device_type, args.public_key, ota_type=args.type, slots=args.slot,
+                             boot_variable=args.boot_variable, boot_values=args.boot_value,
+                             command=args.command.split() if args.command else None, poll_interval=args.poll_interval,
+                             local_port=args.local_port, description=args.description)
+    atomic_write_text(args.output, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    print(args.output)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -294,6 +307,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the hub_update.bin to inspect")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("agent-config", help="write a device agent configuration (ota-agent.json)",
+                       description="Write /etc/ota-agent.json for an image (used by meta-ota's ota-agent recipe). "
+                                   "Two --slot options select the A/B installer, else --command is the installer.")
+    p.add_argument("--server", required=True, help="OTA service base URL (http:// or https://)")
+    p.add_argument("--device-type", required=True, help="deviceTypeId of the devices running this image")
+    p.add_argument("--public-key", action="append", required=True, metavar="PATH",
+                   help="verification key path on the device (repeatable)")
+    p.add_argument("-t", "--type", type=int, default=5, help="OTA type (default: 5)")
+    p.add_argument("--slot", action="append", metavar="NAME=DEVICE", help="A/B slot, e.g. a=/dev/mmcblk0p2 (give two)")
+    p.add_argument("--boot-variable", default="ota_slot", help="U-Boot variable that selects the slot (default: ota_slot)")
+    p.add_argument("--boot-value", action="append", metavar="NAME=VALUE",
+                   help="value of the boot variable for a slot, e.g. a=0:2 (default: the slot name)")
+    p.add_argument("--command", help="command installer, {image} is the payload path (e.g. '/sbin/sysupgrade {image}')")
+    p.add_argument("--poll-interval", type=int, default=300, help="seconds between checks (default: 300)")
+    p.add_argument("--local-port", type=int, default=5000, help="local API port on loopback (default: 5000)")
+    p.add_argument("--description", default="", help="device description")
+    p.add_argument("-o", "--output", default="ota-agent.json", help="output file (default: ota-agent.json)")
+    p.set_defaults(func=cmd_agent_config)
 
     p = sub.add_parser("demo", help="run the whole journey on a generated sample image",
                        description="Sample rootfs, development key, record, hub_update.bin, verify; then an OTA "

@@ -11,7 +11,7 @@ from ota_build.compat import deploy_parser, uploader_parser
 
 from .conftest import assert_one_line_error, run_cli, write_config
 
-SUBCOMMANDS = ["record", "keygen", "pubkey", "package", "verify", "inspect", "demo"]
+SUBCOMMANDS = ["record", "keygen", "pubkey", "package", "verify", "inspect", "agent-config", "demo"]
 
 
 def test_every_flag_has_help():

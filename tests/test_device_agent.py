@@ -325,3 +325,28 @@ def test_device_id_and_token_from_provisioned_files(tmp_path, keys):
     conf.write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match="field 'device': is missing"):
         load_agent_config(str(conf), env={})
+
+
+def test_agent_config_command_for_images(tmp_path):
+    """What meta-ota's ota-agent recipe writes to /etc/ota-agent.json, loaded back by the agent."""
+    out = tmp_path / "ota-agent.json"
+    run_cli("ota-build", "agent-config", "--server", "https://ota.example.com", "--device-type", "dt-1",
+            "--public-key", "/etc/ota/ota-signing.pub.pem", "--slot", "a=/dev/mmcblk0p2", "--slot", "b=/dev/mmcblk0p3",
+            "--boot-variable", "bootpart", "--boot-value", "a=0:2", "--boot-value", "b=0:3", "-o", str(out), check=0)
+    doc = json.loads(out.read_text())
+    assert doc["installer"] == {"type": "ab", "slots": {"a": "/dev/mmcblk0p2", "b": "/dev/mmcblk0p3"},
+                                "bootEnv": {"tool": "fw_setenv", "variable": "bootpart", "values": {"a": "0:2", "b": "0:3"}}}
+    (tmp_path / "device-id").write_text("dev-9\n")
+    doc.update(deviceFile=str(tmp_path / "device-id"))
+    out.write_text(json.dumps(doc))
+    cfg = load_agent_config(str(out), env={"OTA_DEVICE_TOKEN": "t"})
+    assert cfg.device == "dev-9" and cfg.public_keys == ["/etc/ota/ota-signing.pub.pem"]
+    run_cli("ota-build", "agent-config", "--server", "http://10.0.0.1:8080", "--device-type", "dt",
+            "--public-key", "/k.pem", "--command", "/sbin/sysupgrade {image}", "-o", str(out), check=0)
+    assert json.loads(out.read_text())["installer"] == {"type": "command", "command": ["/sbin/sysupgrade", "{image}"]}
+    proc = run_cli("ota-build", "agent-config", "--server", "ftp://x", "--device-type", "dt", "--public-key", "/k.pem",
+                   "--command", "x", "-o", str(out))
+    assert proc.returncode == 2 and "field 'server'" in proc.stderr
+    proc = run_cli("ota-build", "agent-config", "--server", "http://x", "--device-type", "dt", "--public-key", "/k.pem",
+                   "--slot", "a=/dev/sda2", "-o", str(out))
+    assert proc.returncode == 2 and "two slots" in proc.stderr

@@ -124,7 +124,7 @@ def record_vars(tmp_path, native, **changes):
         "OTA_DEV_KEY_DIR": "${TOPDIR}/ota-dev-keys", "OTA_DEV_KEY_ALGORITHM": "ed25519",
         "OTA_RECORD_PREMADE": "${TMPDIR}/full_ota_record.json", "OTA_RECORD_TIMESTAMP": "1700000000",
         "OTA_SECRET_ENV_VARS": "OTA_KEY_PASSWORD OTA_USERNAME OTA_USERPW OTA_AUTH_STRING OTA_CREDENTIALS_FILE OTA_SERVER",
-        "OTA_UPLOAD": "0", "OTA_CREDENTIALS_FILE": "", "BB_ORIGENV": None, "OTA_SOURCE_DIR": str(ROOT),
+        "OTA_UPLOAD": "0", "OTA_AGENT": "0", "OTA_CREDENTIALS_FILE": "", "BB_ORIGENV": None, "OTA_SOURCE_DIR": str(ROOT),
         "OTA_LAYERDIR": str(LAYER), **native,
     }
     values.update(changes)

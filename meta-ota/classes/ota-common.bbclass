@@ -25,6 +25,17 @@ OTA_RECORD_TIMESTAMP ??= "${SOURCE_DATE_EPOCH}"
 OTA_DEVICE_KEY_PATH ??= "${sysconfdir}/ota/ota-signing.pub.pem"
 OTA_CREDENTIALS_FILE ??= ""
 OTA_IMAGE_FILE ??= ""
+# The device agent (recipes-ota/ota-agent): OTA_AGENT = "1" puts it in OTA images.
+OTA_AGENT ??= "0"
+OTA_AGENT_SERVER ??= "http://ota.example.com:8080"
+OTA_AGENT_DEVICE_TYPE ??= ""
+OTA_AGENT_SLOTS ??= ""
+OTA_AGENT_BOOT_VARIABLE ??= "ota_slot"
+OTA_AGENT_BOOT_VALUES ??= ""
+OTA_AGENT_COMMAND ??= "/sbin/sysupgrade {image}"
+OTA_AGENT_POLL_INTERVAL ??= "300"
+OTA_AGENT_LOCAL_PORT ??= "5000"
+OTA_AGENT_DESCRIPTION ??= "${MACHINE}"
 
 # --- derived ------------------------------------------------------------------
 OTA_SIGNING_KEY_FILE = "${@d.getVar('OTA_SIGNING_KEY') or d.getVar('OTA_DEV_KEY_DIR') + '/ota-signing.key.pem'}"
@@ -78,7 +89,7 @@ def ota_check_settings(d):
 def ota_settings_problem(d):
     """(config, None) when the settings are usable, else (None, one-line message)."""
     import os
-    for var in ("OTA_DEBUG", "OTA_UPLOAD"):
+    for var in ("OTA_DEBUG", "OTA_UPLOAD", "OTA_AGENT"):
         if d.getVar(var) not in ("0", "1"):
             return None, "%s = '%s': must be 0 or 1" % (var, d.getVar(var))
     for var in ("OTA_SIGNING_KEY", "OTA_SIGNING_PUBLIC_KEY", "OTA_CREDENTIALS_FILE"):

@@ -13,7 +13,7 @@
 inherit ota-common
 
 IMAGE_FSTYPES:append = " ${OTA_PAYLOAD_FSTYPE}"
-IMAGE_INSTALL:append = " ota-record"
+IMAGE_INSTALL:append = " ota-record ${@'ota-agent' if d.getVar('OTA_AGENT') == '1' else ''}"
 
 OTA_DEPLOYDIR = "${WORKDIR}/deploy-ota"
 OTA_UPLOADDIR = "${WORKDIR}/ota-upload"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
@@ -23,6 +24,7 @@ from .config import load_agent_config
 from .localapi import LocalApi
 
 DEFAULT_CONFIG = "/etc/ota-agent.json"
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,11 +58,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return outcome.exit_code
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        api = LocalApi(agent, agent.config.local_host, agent.config.local_port).start()
+        api = None
+        if agent.config.local_token:
+            api = LocalApi(agent, agent.config.local_host, agent.config.local_port).start()
+        else:
+            log.warning("local API disabled: no token (set 'token' or OTA_AGENT_LOCAL_TOKEN)")
         try:
             agent.run(stop)
         finally:
-            api.shutdown()
+            if api is not None:
+                api.shutdown()
         return 0
 
     return run_main(run, "ota-agent")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..errors import ConfigError
-from ..schema import load_validated
+from ..schema import load_schema, load_validated, validate
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +108,53 @@ def load_agent_config(path: str, env: Optional[Mapping[str, str]] = None) -> Age
         poll_interval=int(doc.get("pollInterval", 300)),
         verify_backend=doc.get("verifyBackend", "auto"),
     )
+
+
+def _pairs(items: List[str], what: str) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ConfigError(f"{what}: {item!r} is not NAME=VALUE")
+        out[name] = value
+    return out
+
+
+def build_agent_config(server: str, device_type: str, public_keys: List[str], ota_type: int = 5,
+                       slots: Optional[List[str]] = None, boot_variable: str = "ota_slot",
+                       boot_values: Optional[List[str]] = None, command: Optional[List[str]] = None,
+                       poll_interval: int = 300, local_port: int = 5000, description: str = "",
+                       record: str = DEFAULT_RECORD, state_dir: str = DEFAULT_STATE_DIR,
+                       device_file: str = "/etc/ota/device-id",
+                       device_token_file: str = "/etc/ota/device-token") -> Dict[str, Any]:
+    """An agent configuration for an image (the ota-agent recipe's /etc/ota-agent.json).
+
+    Two or more ``slots`` (``a=/dev/mmcblk0p2``) select the A/B installer with
+    U-Boot's environment (``boot_values`` map slots to the variable's values);
+    otherwise the command installer runs ``command``. Per-device values are
+    read on the device from ``device_file`` and ``device_token_file``.
+    Raises ConfigError naming the problem; the result validates against the schema.
+    """
+    slot_map = _pairs(slots or [], "slot")
+    installer: Dict[str, Any]
+    if slot_map:
+        if len(slot_map) < 2:
+            raise ConfigError("slots: the A/B installer needs at least two slots (a=/dev/... b=/dev/...)")
+        installer = {"type": "ab", "slots": slot_map,
+                     "bootEnv": {"tool": "fw_setenv", "variable": boot_variable,
+                                 "values": _pairs(boot_values or [], "boot value")}}
+    else:
+        if not command:
+            raise ConfigError("command: the command installer needs a command (e.g. /sbin/sysupgrade {image})")
+        installer = {"type": "command", "command": list(command)}
+    doc: Dict[str, Any] = {
+        "Comments": "Written by ota-build agent-config (meta-ota's ota-agent recipe); see docs/agent.md",
+        "description": description, "server": server, "deviceTypeId": device_type,
+        "deviceFile": device_file, "deviceTokenFile": device_token_file, "publicKeys": list(public_keys),
+        "record": record, "stateDir": state_dir, "otaType": ota_type, "pollInterval": poll_interval,
+        "flask": {"host": "127.0.0.1", "port": local_port}, "installer": installer,
+    }
+    problem = validate(load_schema("ota-agent"), doc)
+    if problem:
+        raise ConfigError(f"agent configuration: {problem}")
+    return doc

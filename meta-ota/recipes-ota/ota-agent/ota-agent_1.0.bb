@@ -1,0 +1,80 @@
+SUMMARY = "OTA agent: checks the OTA service, verifies and installs signed hub_update.bin images"
+DESCRIPTION = "The device side of meta-ota: the ota-agent command (ota_build.device), its \
+configuration /etc/ota-agent.json made from the OTA_AGENT_* variables, and a systemd unit \
+or a sysvinit script. The verification key and /etc/full_ota_record.json come from \
+ota-record. Per-device values (device id, device token) are provisioned on the device \
+in /etc/ota/device-id and /etc/ota/device-token, never built into the image."
+HOMEPAGE = "https://github.com/meta-ota/meta-ota"
+LICENSE = "MIT"
+LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
+
+# The library lives next to the layer: <repo>/ota_build.
+FILESEXTRAPATHS:prepend := "${OTA_SOURCE_DIR}:${THISDIR}/files:"
+SRC_URI = "file://ota_build/ \
+           file://ota-agent.service \
+           file://ota-agent.init \
+"
+
+S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
+B = "${WORKDIR}/build"
+
+inherit allarch ota-common python3-dir systemd update-rc.d
+
+DEPENDS += "ota-build-native python3-native"
+
+SYSTEMD_SERVICE:${PN} = "ota-agent.service"
+INITSCRIPT_NAME = "ota-agent"
+INITSCRIPT_PARAMS = "defaults 95"
+
+do_configure[noexec] = "1"
+
+python do_compile() {
+    cfg = ota_check_settings(d)
+    args = ["agent-config", "--server", d.getVar("OTA_AGENT_SERVER"),
+            "--device-type", d.getVar("OTA_AGENT_DEVICE_TYPE") or (cfg.device_type_id if cfg else ""),
+            "--public-key", d.getVar("OTA_DEVICE_KEY_PATH"), "--type", d.getVar("OTA_TYPE"),
+            "--boot-variable", d.getVar("OTA_AGENT_BOOT_VARIABLE"), "--command", d.getVar("OTA_AGENT_COMMAND"),
+            "--poll-interval", d.getVar("OTA_AGENT_POLL_INTERVAL"), "--local-port", d.getVar("OTA_AGENT_LOCAL_PORT"),
+            "--description", d.getVar("OTA_AGENT_DESCRIPTION"), "-o", d.getVar("B") + "/ota-agent.json"]
+    for slot in (d.getVar("OTA_AGENT_SLOTS") or "").split():
+        args += ["--slot", slot]
+    for value in (d.getVar("OTA_AGENT_BOOT_VALUES") or "").split():
+        args += ["--boot-value", value]
+    ota_run(d, args, "OTA_AGENT_SLOTS" if d.getVar("OTA_AGENT_SLOTS") else "OTA_AGENT_SERVER")
+}
+do_compile[dirs] = "${B}"
+do_compile[cleandirs] = "${B}"
+do_compile[vardeps] += "OTA_AGENT_SERVER OTA_AGENT_DEVICE_TYPE OTA_AGENT_SLOTS OTA_AGENT_BOOT_VARIABLE \
+                        OTA_AGENT_BOOT_VALUES OTA_AGENT_COMMAND OTA_AGENT_POLL_INTERVAL OTA_AGENT_LOCAL_PORT \
+                        OTA_AGENT_DESCRIPTION OTA_TYPE OTA_DEVICE_KEY_PATH"
+do_compile[vardepsexclude] += "${OTA_PATH_VARS} ${OTA_SECRET_ENV_VARS} BB_ORIGENV"
+do_compile[file-checksums] += "${OTA_CONFIG}:False"
+
+do_install() {
+    install -d ${D}${PYTHON_SITEPACKAGES_DIR} ${D}${bindir} ${D}${sysconfdir}/ota ${D}${localstatedir}/lib/ota-agent
+    cp -R --no-preserve=ownership ${S}/ota_build ${D}${PYTHON_SITEPACKAGES_DIR}/
+    # The device needs neither the server nor the build-side upload client.
+    rm -rf ${D}${PYTHON_SITEPACKAGES_DIR}/ota_build/server
+    find ${D}${PYTHON_SITEPACKAGES_DIR}/ota_build -name __pycache__ -prune -exec rm -rf {} +
+    cat > ${D}${bindir}/ota-agent <<EOS
+#!/usr/bin/env python3
+import sys
+from ota_build.device.cli import main
+sys.exit(main())
+EOS
+    chmod 0755 ${D}${bindir}/ota-agent
+    install -m 0644 ${B}/ota-agent.json ${D}${sysconfdir}/ota-agent.json
+    install -d ${D}${systemd_system_unitdir} ${D}${sysconfdir}/init.d
+    install -m 0644 ${S}/ota-agent.service ${D}${systemd_system_unitdir}/ota-agent.service
+    install -m 0755 ${S}/ota-agent.init ${D}${sysconfdir}/init.d/ota-agent
+}
+
+FILES:${PN} += "${PYTHON_SITEPACKAGES_DIR}/ota_build ${sysconfdir}/ota-agent.json ${localstatedir}/lib/ota-agent \
+                ${systemd_system_unitdir}/ota-agent.service ${sysconfdir}/init.d/ota-agent"
+CONFFILES:${PN} = "${sysconfdir}/ota-agent.json"
+
+# python3-* provide what ota_build.device imports; openssl-bin checks signatures
+# (no python3-cryptography on the device); fw_setenv switches A/B slots.
+RDEPENDS:${PN} = "ota-record openssl-bin python3-core python3-json python3-logging python3-netclient \
+                  python3-netserver python3-crypt python3-threading python3-shell \
+                  ${@'libubootenv-bin' if d.getVar('OTA_AGENT_SLOTS') else ''}"
