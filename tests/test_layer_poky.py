@@ -194,3 +194,20 @@ def test_yocto_check_layer():
         assert result == "ok" or result.startswith("skipped"), f"{test}: {result}\n{output[-3000:]}"
     if "test_patches_upstream_status" not in results:              # kirkstone: the overall verdict is reliable
         assert proc.returncode == 0 and re.search(r"meta-ota\s+PASS", output), output[-3000:]
+
+
+def test_agent_in_the_image_with_ota_agent(build_dir):
+    out = _owned_dir("ota-graph-agent-")
+    (out / "agent.conf").write_text('OTA_AGENT = "1"\nOTA_AGENT_SLOTS = "a=/dev/mmcblk0p2 b=/dev/mmcblk0p3"\n'
+                                    'OTA_AGENT_SERVER = "https://ota.example.com"\n')
+    (out / "agent.conf").chmod(0o644)
+    proc = bitbake(build_dir, f"bitbake -R {out}/agent.conf -g core-image-minimal", cwd=out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not problems(proc), problems(proc)
+    dot = (out / "task-depends.dot").read_text()
+    assert re.search(r'"core-image-minimal\.do_rootfs" -> "ota-agent\.do_package_write_(rpm|ipk|deb)"', dot)
+    assert '"ota-agent.do_prepare_recipe_sysroot" -> "ota-build-native.do_populate_sysroot"' in dot
+    proc = bitbake(build_dir, f"bitbake -R {out}/agent.conf -e ota-agent", cwd=out)
+    env = dict(re.findall(r'^([A-Za-z_:${}]+)="(.*)"$', proc.stdout, re.M))
+    assert "libubootenv-bin" in env["RDEPENDS:ota-agent"] and "ota-record" in env["RDEPENDS:ota-agent"]
+    assert env["SYSTEMD_SERVICE:ota-agent"] == "ota-agent.service"
