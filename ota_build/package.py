@@ -191,13 +191,7 @@ def verify_file(path: str, keyring: Keyring, expected_type: Optional[int] = None
     only after every check has passed.
     """
     with _open_input(path, "file") as fh:
-        header = read_header(fh)
-        size = os.fstat(fh.fileno()).st_size
-        expected = header.header_length + header.payload_length
-        if size < expected:
-            raise TruncatedError(f"file is {size} bytes; the header announces {expected}")
-        if size > expected:
-            raise CorruptError(f"file is {size} bytes; the header announces {expected} (trailing data)")
+        header = _read_checked_header(fh)
         key = keyring.get(header.key_id)
         verify_signature(key, header.sig_alg, header.signed_bytes(), header.signature, backend=backend)
         if expected_type is not None and header.ota_type != expected_type:
@@ -214,6 +208,37 @@ def verify_file(path: str, keyring: Keyring, expected_type: Optional[int] = None
             digest, count = _copy_hashing(fh, out, header.payload_length, progress)
             _check_payload(header, digest, count)
         return VerifyResult(header, extract_to)
+
+
+def _read_checked_header(fh: io.BufferedReader) -> hdr.Header:
+    """The header, after checking the file is exactly header + payload long."""
+    header = read_header(fh)
+    size = os.fstat(fh.fileno()).st_size
+    expected = header.header_length + header.payload_length
+    if size < expected:
+        raise TruncatedError(f"file is {size} bytes; the header announces {expected}")
+    if size > expected:
+        raise CorruptError(f"file is {size} bytes; the header announces {expected} (trailing data)")
+    return header
+
+
+def check_integrity(path: str) -> hdr.Header:
+    """Structure, length and payload digest of ``path``, without a key (the signature is not checked).
+
+    What a server can check of an upload when no trusted key is registered.
+    """
+    with _open_input(path, "file") as fh:
+        header = _read_checked_header(fh)
+        digest, count = _copy_hashing(fh, None, header.payload_length, None)
+        _check_payload(header, digest, count)
+    return header
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 (hex) of a whole file, read in chunks."""
+    with _open_input(path, "file") as fh:
+        digest, _ = _copy_hashing(fh, None, None, None)
+    return digest.hex()
 
 
 def _check_payload(header: hdr.Header, digest: bytes, count: int) -> None:

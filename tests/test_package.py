@@ -230,3 +230,23 @@ def test_output_not_replaced_when_packaging_fails(keys, image, tmp_path):
     assert out.read_bytes() == b"old release"
     assert sorted(os.listdir(tmp_path)) == sorted(["hub_update.bin", "rootfs.tar.gz"])
     assert inspect_file  # imported API stays public
+
+
+def test_check_integrity_without_a_key(keys, image, tmp_path):
+    """What the server checks when a partner registered no key: structure, length, payload digest."""
+    import hashlib
+
+    from ota_build.package import check_integrity, file_sha256
+
+    out = tmp_path / "hub_update.bin"
+    pack(keys, "ed25519", image, out)
+    assert check_integrity(str(out)).payload_length == os.path.getsize(image)
+    assert file_sha256(str(out)) == hashlib.sha256(out.read_bytes()).hexdigest()
+    data = bytearray(out.read_bytes())
+    data[-1] ^= 1
+    out.write_bytes(bytes(data))
+    with pytest.raises(CorruptError):
+        check_integrity(str(out))
+    out.write_bytes(bytes(data[:-5]))
+    with pytest.raises(TruncatedError):
+        check_integrity(str(out))

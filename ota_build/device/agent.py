@@ -13,7 +13,6 @@ package on the device (docs/decisions.md).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from typing import Any, Dict, Optional
 
 from ..errors import OtaError, ServerError, VerifyError
 from ..fsutil import atomic_write_bytes, atomic_write_text
-from ..package import verify_file
+from ..package import file_sha256, verify_file
 from ..record import load_record
 from ..signing import Keyring
 from .config import AgentConfig
@@ -239,7 +238,7 @@ class Agent:
             self.api.download(offer["url"], part, int(offer["size"]))
         except ServerError as exc:
             return self._finish(Outcome("failed", offered, f"download: {exc}", exc.exit_code))
-        if offer.get("sha256") and _file_sha256(part) != offer["sha256"]:
+        if offer.get("sha256") and file_sha256(part) != offer["sha256"]:
             os.unlink(part)
             return self._finish(Outcome("failed", offered, "download does not match the server's SHA-256", 10))
         payload = os.path.join(cfg.state_dir, f"ota_type_{cfg.ota_type}.img")
@@ -283,11 +282,3 @@ class Agent:
                 stop.wait(self.config.poll_interval)
             else:
                 time.sleep(self.config.poll_interval)
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

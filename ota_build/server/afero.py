@@ -352,7 +352,7 @@ async def complete_upload(request: Request, partnerId: str = PartnerId, uploadId
         fd, tmp = storage.temp_file()
         os.close(fd)
         os.replace(part, tmp)  # claim the bytes; a second complete finds nothing
-        from .storage import file_sha256
+        from ..package import file_sha256
 
         sha = file_sha256(tmp)
         _accept_binary(request, principal.partner_pk, tmp, sha, have)

@@ -22,10 +22,9 @@ import tempfile
 from pathlib import Path
 from typing import AsyncIterator, Iterable, Optional, Tuple
 
-from ..errors import CorruptError, TruncatedError
 from ..fsutil import _fsync_dir
 from ..header import Header
-from ..package import read_header, verify_file
+from ..package import check_integrity, verify_file
 from ..signing import Keyring, public_key_from_pem
 
 CHUNK = 1024 * 1024
@@ -137,15 +136,6 @@ def discard(path: str) -> None:
         os.unlink(path)
 
 
-def file_sha256(path: str) -> str:
-    """SHA-256 (hex) of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_image(path: str, public_pems: "Iterable[str]" = ()) -> Header:
     """Check an uploaded hub_update.bin: header, length, payload SHA-256 and, when the
     partner registered public keys, the signature. Raises a VerifyError (one line)."""
@@ -153,21 +143,7 @@ def verify_image(path: str, public_pems: "Iterable[str]" = ()) -> Header:
     if pems:
         keyring = Keyring([public_key_from_pem(p.encode("ascii"), "partner key") for p in pems])
         return verify_file(path, keyring).header
-    with open(path, "rb") as fh:
-        header = read_header(fh)
-        size = os.fstat(fh.fileno()).st_size
-        expected = header.header_length + header.payload_length
-        if size < expected:
-            raise TruncatedError(f"file is {size} bytes; the header announces {expected}")
-        if size > expected:
-            raise CorruptError(f"file is {size} bytes; the header announces {expected} (trailing data)")
-        fh.seek(header.header_length)
-        digest = hashlib.sha256()
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(chunk)
-        if digest.digest() != header.payload_sha256:
-            raise CorruptError("payload SHA-256 does not match the signed header")
-    return header
+    return check_integrity(path)
 
 
 def key_id_of_pem(pem: str) -> str:
