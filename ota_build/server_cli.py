@@ -40,6 +40,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as exc:  # pragma: no cover
         raise UsageError(f"the server needs the 'server' extra: pip install 'ota_build[server]' ({exc})") from None
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port: {args.port} is not a TCP port (1-65535)")
+    if args.workers < 1:
+        raise UsageError(f"--workers: {args.workers} must be at least 1")
     db = _open_db(args)
     db.dispose()
     os.environ["OTA_DATA_DIR"] = os.path.abspath(args.data_dir)

@@ -43,3 +43,8 @@ def test_offline_record_registers_with_its_version_number(partner, keys):
     proc = run_cli("partner-ota-hub-uploader", "-c", str(p.conf), "-s", "-n", "8", "--uploadOTAImage",
                    cwd=p.dir, env=env)
     assert_one_line_error(proc, 3, "HTTP 409", "versionNumber")
+
+
+def test_serve_rejects_a_bad_port(tmp_path):
+    proc = run_cli("ota-build", "serve", "--port", "99999", "--data-dir", str(tmp_path / "d"))
+    assert_one_line_error(proc, 2, "--port", "99999")
