@@ -31,6 +31,34 @@ CHUNK = 1024 * 1024
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 
 
+
+class _Sink:
+    """A temporary file being filled: counts, hashes, enforces the size limit."""
+
+    def __init__(self, storage: "Storage"):
+        fd, self.path = storage.temp_file()
+        self.fh = os.fdopen(fd, "wb")
+        self.limit = storage.max_upload_bytes
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise TooLarge(f"upload exceeds the limit of {self.limit} bytes")
+        self.digest.update(chunk)
+        self.fh.write(chunk)
+
+    def finish(self) -> Tuple[str, str, int]:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        return self.path, self.digest.hexdigest(), self.size
+
+    def abort(self) -> None:
+        self.fh.close()
+        discard(self.path)
+
 class TooLarge(Exception):
     """The body exceeds the configured size limit."""
 
@@ -62,43 +90,25 @@ class Storage:
 
         Raises TooLarge past the limit; the temporary file is removed on any error.
         """
-        fd, path = self.temp_file()
-        digest = hashlib.sha256()
-        size = 0
+        sink = _Sink(self)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > self.max_upload_bytes:
-                        raise TooLarge(f"upload exceeds the limit of {self.max_upload_bytes} bytes")
-                    digest.update(chunk)
-                    fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
+            async for chunk in chunks:
+                sink.write(chunk)
+            return sink.finish()
         except BaseException:
-            discard(path)
+            sink.abort()
             raise
-        return path, digest.hexdigest(), size
 
     def copy_in(self, src: "Iterable[bytes]") -> Tuple[str, str, int]:
         """Like ``receive`` for a synchronous iterable of chunks."""
-        fd, path = self.temp_file()
-        digest = hashlib.sha256()
-        size = 0
+        sink = _Sink(self)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                for chunk in src:
-                    size += len(chunk)
-                    if size > self.max_upload_bytes:
-                        raise TooLarge(f"upload exceeds the limit of {self.max_upload_bytes} bytes")
-                    digest.update(chunk)
-                    fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
+            for chunk in src:
+                sink.write(chunk)
+            return sink.finish()
         except BaseException:
-            discard(path)
+            sink.abort()
             raise
-        return path, digest.hexdigest(), size
 
     # ------------------------------------------------------------------ blobs
     def blob_path(self, sha256: str) -> Path:
