@@ -38,6 +38,20 @@ def browser():  # noqa: ANN201
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def text_after_submit(browser, element_id: str, expected: str) -> str:
+    """The element's text once the page the form POST returns shows ``expected`` there (or 30 s passed)."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        WebDriverWait(browser, 30).until(ec.text_to_be_present_in_element((By.ID, element_id), expected))
+    except TimeoutException:
+        pass  # the assertion below reports what the page shows
+    return browser.find_element(By.ID, element_id).text
+
+
 def test_page_lists_and_uploads(server, partner, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -64,7 +78,7 @@ def test_page_lists_and_uploads(server, partner, browser, tmp_path):
     browser.find_element(By.ID, "version").send_keys("1.2.3")
     browser.find_element(By.ID, "file").send_keys(str(pkg_file))
     browser.find_element(By.ID, "submit").click()
-    assert "stored webpkg main 1.2.3" in browser.find_element(By.ID, "message").text
+    assert "stored webpkg main 1.2.3" in text_after_submit(browser, "message", "stored webpkg main 1.2.3")
     table = browser.find_element(By.ID, "packages").text
     assert "webpkg" in table and "1.2.3" in table and str(len(buf.getvalue())) in table
     import hashlib
@@ -77,7 +91,7 @@ def test_page_lists_and_uploads(server, partner, browser, tmp_path):
         browser.find_element(By.ID, field).send_keys(value)
     browser.find_element(By.ID, "file").send_keys(str(pkg_file))
     browser.find_element(By.ID, "submit").click()
-    assert "exists" in browser.find_element(By.ID, "error").text
+    assert "exists" in text_after_submit(browser, "error", "exists")
 
     # a wrong token is refused
     browser.find_element(By.ID, "token").send_keys("wrong")
@@ -85,4 +99,4 @@ def test_page_lists_and_uploads(server, partner, browser, tmp_path):
         browser.find_element(By.ID, field).send_keys(value)
     browser.find_element(By.ID, "file").send_keys(str(pkg_file))
     browser.find_element(By.ID, "submit").click()
-    assert "token" in browser.find_element(By.ID, "error").text
+    assert "token" in text_after_submit(browser, "error", "token")
