@@ -74,13 +74,7 @@ def uploader_main(argv: Optional[Sequence[str]] = None) -> int:
 
             cfg = _require_server(args.conf)
             record_path = locate_record(record_output_path(None, args.s))
-            result = upload_image(cfg, record_path, resolve_image(cfg))
-            if result.already:
-                print(f"versionNumber {result.record['versionNumber']} is already uploaded")
-            else:
-                image_id = result.image["id"] if result.image else "(already associated)"
-                print(f"uploaded {result.record['name']} {result.record['version']} (versionNumber "
-                      f"{result.record['versionNumber']}, sha256 {result.sha256}); image id {image_id}")
+            print(upload_image(cfg, record_path, resolve_image(cfg)).summary())
             return 0
         raise UsageError("nothing to do: give --createOTARecord or --uploadOTAImage")
 

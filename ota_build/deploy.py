@@ -66,6 +66,15 @@ class UploadResult:
     image: Optional[Dict[str, Any]]
     already: bool = False
 
+    def summary(self) -> str:
+        """One line for the user: what was uploaded and its image id."""
+        rec = self.record
+        if self.already:
+            return f"versionNumber {rec['versionNumber']} is already uploaded"
+        image_id = self.image["id"] if self.image else "(already associated)"
+        return (f"uploaded {rec['name']} {rec['version']} (versionNumber {rec['versionNumber']}, "
+                f"sha256 {self.sha256}); image id {image_id}")
+
 
 def upload_image(cfg: OtaConfig, record_path: str, image_path: str, client: Optional[OtaClient] = None,
                  show_progress: bool = True) -> UploadResult:

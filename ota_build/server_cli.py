@@ -100,12 +100,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
     cfg = _server_cfg(args)
     result = upload_image(cfg, locate_record(args.record), resolve_image(cfg, args.image),
                           show_progress=not args.no_progress)
-    if result.already:
-        print(f"versionNumber {result.record['versionNumber']} is already uploaded")
-    else:
-        image_id = result.image["id"] if result.image else "(already associated)"
-        print(f"image id {image_id}: {result.record['name']} {result.record['version']} versionNumber "
-              f"{result.record['versionNumber']} sha256 {result.sha256}")
+    print(result.summary())
     return 0
 
 
