@@ -44,12 +44,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--port: {args.port} is not a TCP port (1-65535)")
     if args.workers < 1:
         raise UsageError(f"--workers: {args.workers} must be at least 1")
+    if not 0 <= args.latest_cache_ttl <= 3600:
+        raise UsageError(f"--latest-cache-ttl: {args.latest_cache_ttl} must be between 0 and 3600 seconds")
     db = _open_db(args)
     db.dispose()
     os.environ["OTA_DATA_DIR"] = os.path.abspath(args.data_dir)
     if args.database_url:
         os.environ["OTA_DATABASE_URL"] = args.database_url
     os.environ["OTA_MAX_UPLOAD_BYTES"] = str(args.max_upload_bytes)
+    os.environ["OTA_LATEST_CACHE_TTL"] = str(args.latest_cache_ttl)
     os.environ["OTA_SKIP_MIGRATIONS"] = "1"
     if args.host not in ("127.0.0.1", "::1", "localhost"):
         print(f"ota-build serve: listening on {args.host}: put TLS (a reverse proxy) in front of it",
@@ -195,6 +198,9 @@ def add_server_commands(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     p.add_argument("--max-upload-bytes", type=int, default=4 * 1024 ** 3,
                    help="largest accepted upload in bytes (default: 4 GiB)")
+    p.add_argument("--latest-cache-ttl", type=float, default=1.0, metavar="SECONDS",
+                   help="how long each worker may reuse a /latestVersion answer; an upload through the same "
+                        "worker refreshes it at once, other workers within SECONDS (default: 1.0; 0 = no cache)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     _db_options(p)
     p.set_defaults(func=cmd_serve)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+READ_TIMEOUT_MS = 2000  # PostgreSQL statement_timeout of Database.reader
 
 
 def default_database_url(data_dir: str) -> str:
@@ -59,13 +60,24 @@ def migrate(engine: Engine) -> None:
 
 
 class Database:
-    """An engine plus its session factory."""
+    """An engine plus its session factory, and ``reader``: the engine for hot single-statement reads.
+
+    On PostgreSQL ``reader`` is a second, autocommit pool: a read then costs one
+    round trip instead of BEGIN ... ROLLBACK around it (measured: 363 against
+    608 us per ``/latestVersion`` query). Its statements time out after
+    READ_TIMEOUT_MS, since its callers may run on the event loop. On SQLite it
+    is ``engine`` itself.
+    """
 
     def __init__(self, url: str, run_migrations: bool = False):
         self.url = url
         self.engine = make_engine(url)
         if run_migrations:
             migrate(self.engine)
+        self.reader = self.engine if url.startswith("sqlite") else create_engine(
+            url, pool_pre_ping=True, pool_size=5, max_overflow=10, isolation_level="AUTOCOMMIT",
+            connect_args={"connect_timeout": 5, "options": f"-c statement_timeout={READ_TIMEOUT_MS}"}
+            if url.startswith("postgresql") else {})
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def session(self) -> Session:
@@ -75,6 +87,8 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        if self.reader is not self.engine:
+            self.reader.dispose()
 
 
 def open_database(data_dir: str, url: Optional[str] = None, run_migrations: bool = True) -> Database:

@@ -165,7 +165,7 @@ class Package(Base):
     name: Mapped[str] = mapped_column(String(100))
     branch: Mapped[str] = mapped_column(String(100))
     version: Mapped[str] = mapped_column(String(100))
-    version_key: Mapped[str] = mapped_column(String(400), index=True)
+    version_key: Mapped[str] = mapped_column(String(400), index=True)  # "C" collation on PostgreSQL (0002)
     content: Mapped[str] = mapped_column(Text)  # content.json, as sent
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
