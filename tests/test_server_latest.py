@@ -176,3 +176,30 @@ def test_upload_is_seen_at_once_by_the_server(server, partner):  # noqa: ANN001
     assert resp.status_code == 200
     assert requests.get(f"{server.url}/latestVersion", params={"package": pkg, "branch": "main"}).json()[
         "content.json"] == json.dumps(content_for(data, pkg, "main", "0.1.0"))
+
+
+def test_several_workers_agree_within_the_ttl(tmp_path):  # noqa: ANN001
+    """--workers 2: every worker answers the new version once the TTL has passed."""
+    from .serverutil import start_server, stop_server
+
+    srv = start_server(tmp_path / "data", None, extra=["--workers", "2", "--latest-cache-ttl", "0.5"])
+    try:
+        token = srv.admin("api-token", "--partner", srv.admin("partner", "--username", "w@example.com",
+                                                               "--partner-id", "workers")["partnerId"])["token"]
+        def versions(n: int) -> set:
+            seen = set()
+            for _ in range(n):  # a new connection each time, so both workers answer
+                resp = requests.get(f"{srv.url}/latestVersion", params={"package": "multi", "branch": "main"},
+                                    headers={"Connection": "close"})
+                seen.add(json.loads(resp.json()["content.json"])["version"] if resp.status_code == 200 else "-")
+            return seen
+
+        data = a_zip("1")
+        assert put(srv, token, data, content_for(data, "multi", "main", "1.0")).status_code == 200
+        assert versions(40) == {"1.0"}  # both workers now hold 1.0
+        data = a_zip("2")
+        assert put(srv, token, data, content_for(data, "multi", "main", "1.1")).status_code == 200
+        time.sleep(0.6)
+        assert versions(40) == {"1.1"}
+    finally:
+        stop_server(srv)
