@@ -127,6 +127,15 @@ def test_seed_tools_end_to_end(partner, keys):
     devices = json.loads(proc.stdout)
     assert devices[0]["deviceId"] == "dev-1" and devices[0]["state"] == "installed"
     assert devices[0]["versionNumber"] == record["versionNumber"]
+    # versionNumber as the integer it is, or its digits as /update sends them; anything else is refused
+    as_int = requests.post(dev + "/status", headers=bearer(token),
+                           json={"state": "installing", "versionNumber": int(record["versionNumber"])})
+    assert as_int.status_code == 204
+    proc = run_cli("ota-build", "devices", "-c", str(p.conf), "--json", env=p.env, check=0)
+    assert json.loads(proc.stdout)[0]["versionNumber"] == record["versionNumber"]
+    for bad in (-1, "12a", True, 2 ** 63):
+        resp = requests.post(dev + "/status", headers=bearer(token), json={"state": "installed", "versionNumber": bad})
+        assert resp.status_code == 400 and "versionNumber" in resp.json()["message"], (bad, resp.text)
 
 
 def test_original_calls_and_codes(partner, keys):

@@ -148,3 +148,63 @@ def test_pack_command(server, partner, tmp_path):
     proc = run_cli("ota-build", "pack", str(folder), "--package", "../x", "--branch", "main", "--version", "1",
                    "--no-upload")
     assert_one_line_error(proc, 2, "--package")
+
+
+def test_a_package_belongs_to_the_partner_that_stored_it(server, partner):
+    """Another partner can neither add versions to nor overwrite a package it did not store."""
+    token = partner.api_token()
+    pkg = "own" + partner.partner_id[-6:]
+    data = a_zip("mine")
+    assert put(server, token, data, content_for(data, pkg, "main", "0.0.10")).status_code == 200
+    other_id = "q-" + partner.partner_id[-8:]
+    server.admin("partner", "--username", f"{other_id}@example.com", "--partner-id", other_id)
+    other = server.admin("api-token", "--partner", other_id)["token"]
+    evil = a_zip("theirs")
+    for version, query in (("0.0.10", "?force=1"), ("0.0.10", "?overwrite=1"), ("0.0.11", ""), ("0.0.11", "?force=1")):
+        for branch in ("main", "other"):
+            resp = put(server, other, evil, content_for(evil, pkg, branch, version), query)
+            assert resp.status_code == 403 and "another partner" in resp.json()["message"], resp.text
+    assert requests.get(f"{server.url}/otafiles/{pkg}/main/{pkg}-main-0.0.10.zip").content == data
+    latest = requests.get(f"{server.url}/latestVersion", params={"package": pkg, "branch": "main"}).json()
+    assert json.loads(latest["content.json"])["version"] == "0.0.10"
+    # the owner still can, on any branch; the other partner's own names are its own
+    new = a_zip("mine 2")
+    assert put(server, token, new, content_for(new, pkg, "other", "1.0")).status_code == 200
+    assert put(server, other, evil, content_for(evil, "q" + pkg, "main", "1.0")).status_code == 200
+    assert put(server, token, data, content_for(data, "q" + pkg, "main", "1.1")).status_code == 403
+
+
+def test_two_partners_racing_for_a_new_name(server, partner):
+    """Concurrent first uploads of one name by two partners: exactly one of them owns it."""
+    token = partner.api_token()
+    other_id = "r-" + partner.partner_id[-8:]
+    server.admin("partner", "--username", f"{other_id}@example.com", "--partner-id", other_id)
+    other = server.admin("api-token", "--partner", other_id)["token"]
+    pkg = "race" + partner.partner_id[-6:]
+    results = {}
+
+    def go(who: str, tok: str, version: str) -> None:
+        body = a_zip(who + version)
+        results[(who, version)] = put(server, tok, body, content_for(body, pkg, "main", version)).status_code
+
+    threads = [threading.Thread(target=go, args=(who, tok, v)) for who, tok in (("a", token), ("b", other))
+               for v in ("1.0", "1.1", "1.2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = {who for (who, _), code in results.items() if code == 200}
+    assert len(winners) == 1, results
+    loser = ({"a", "b"} - winners).pop()
+    assert all(code == 403 for (who, _), code in results.items() if who == loser), results
+    assert all(code == 200 for (who, _), code in results.items() if who in winners), results
+
+
+def test_a_package_must_be_a_zip(server, partner):
+    token = partner.api_token()
+    pkg = "zip" + partner.partner_id[-6:]
+    pem = b"-----BEGIN PRIVATE KEY-----\nnot a zip\n-----END PRIVATE KEY-----\n"
+    resp = put(server, token, pem, content_for(pem, pkg))
+    assert resp.status_code == 400 and "not a zip" in resp.json()["message"]
+    assert not (server.data_dir / "otafiles" / pkg).exists()
+    assert requests.get(f"{server.url}/latestVersion", params={"package": pkg, "branch": "major"}).status_code == 404

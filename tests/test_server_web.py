@@ -69,8 +69,10 @@ def test_page_lists_and_uploads(server, partner, browser, tmp_path):
 
     browser.get(server.url + "/")
     assert browser.title == "OTA service"
-    devices = browser.find_element(By.ID, "devices").text
-    assert "web-dev" in devices and "downloading" in devices and "42%" in devices
+    page = browser.find_element(By.TAG_NAME, "body").text
+    # public page: what devices may download, nothing about partners or devices
+    assert "web-dev" not in page and "42%" not in page and partner.partner_id not in page
+    assert not browser.find_elements(By.ID, "devices")
 
     browser.find_element(By.ID, "token").send_keys(token)
     browser.find_element(By.ID, "package").send_keys("webpkg")

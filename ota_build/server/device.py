@@ -6,10 +6,11 @@ device-token``); a token only works for its own deviceId.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+import re
+from typing import Any, Optional, Tuple, Union
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import or_, select
 
 from .afero import REPO_URL_RE
@@ -25,7 +26,15 @@ class StatusIn(BaseModel):
     """A device's report."""
 
     state: str = Field(..., pattern="^(" + "|".join(STATES) + ")$")
-    versionNumber: str = Field("", pattern=r"^[0-9]{0,20}$")
+    versionNumber: Union[int, str] = Field("", description="integer, or a string of digits (as /update sends it)")
+
+    @field_validator("versionNumber")
+    @classmethod
+    def _digits(cls, value: Union[int, str]) -> str:
+        text = str(value)
+        if isinstance(value, bool) or not re.fullmatch(r"[0-9]{0,19}", text) or (text and int(text) >= 2 ** 63):
+            raise ValueError("must be a versionNumber: an integer from 0 to 2^63-1 (or its digits as a string)")
+        return text
     message: str = Field("", max_length=500)
 
 
@@ -108,7 +117,7 @@ def report_status(request: Request, body: StatusIn, deviceId: str = DeviceId,
     s, dev = _device(request, principal, deviceId)
     with s:
         dev.state = body.state
-        dev.state_version_number = body.versionNumber or None
+        dev.state_version_number = str(body.versionNumber) or None
         dev.state_message = body.message
         dev.state_updated = utcnow()
         s.commit()

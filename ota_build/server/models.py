@@ -170,3 +170,16 @@ class Package(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PackageOwner(Base):
+    """Which partner owns a seed-001 package name (every branch and version of it).
+
+    The first partner to store a version of a name owns it; other partners'
+    uploads of that name are refused (403). Names stored before this table
+    existed (migration 0003) are claimed by their next upload."""
+
+    __tablename__ = "package_owners"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    partner_pk: Mapped[int] = mapped_column(ForeignKey("partners.id", ondelete="CASCADE"), index=True)
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

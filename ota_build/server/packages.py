@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import threading
+import zipfile
 import time
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
@@ -23,7 +24,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from .auth import Principal, authenticate, require_partner
-from .models import Package
+from .models import Package, PackageOwner
 from .storage import TooLarge, check_name, discard
 
 log = logging.getLogger(__name__)
@@ -200,8 +201,29 @@ def get_version(request: Request, package: Optional[str] = Query(None, max_lengt
     return body(200, list=items)
 
 
-def store_package(request: Request, content_text: str, upload: Any, overwrite: bool) -> JSONResponse:
-    """Validate, check and store one package (shared by ``PUT /upload`` and the web form)."""
+def _owned_by_other(s: Any, name: str, principal: Principal) -> bool:
+    owner = s.get(PackageOwner, name)
+    return owner is not None and owner.partner_pk != principal.partner_pk
+
+
+def _claim(db: Any, name: str, principal: Principal) -> bool:
+    """Make ``principal`` the owner of an unowned package name; whether it owns it now."""
+    with db.session() as s:
+        if s.get(PackageOwner, name) is None:
+            s.add(PackageOwner(name=name, partner_pk=principal.partner_pk))
+            try:
+                s.commit()
+            except IntegrityError:  # claimed concurrently: by whom is read below
+                s.rollback()
+        return not _owned_by_other(s, name, principal)
+
+
+def store_package(request: Request, content_text: str, upload: Any, overwrite: bool,
+                  principal: Principal) -> JSONResponse:
+    """Validate, check and store one package (shared by ``PUT /upload`` and the web form).
+
+    The first partner to store a package name owns it; another partner's
+    upload of that name is refused with 403 (``PackageOwner``)."""
     storage = request.app.state.storage
     try:
         content = json.loads(content_text)
@@ -222,6 +244,8 @@ def store_package(request: Request, content_text: str, upload: Any, overwrite: b
     sha_claimed = str(content["sha256"]).lower()
     db = request.app.state.db
     with db.session() as s:
+        if _owned_by_other(s, pkg, principal):
+            return body(403, message=f"Forbidden: package '{pkg}' belongs to another partner")
         row = s.scalar(select(Package).where(Package.name == pkg, Package.branch == branch,
                                              Package.version == version))
     if final.exists() and not overwrite:
@@ -235,6 +259,10 @@ def store_package(request: Request, content_text: str, upload: Any, overwrite: b
     try:
         if sha != sha_claimed:
             return body(400, message=f"SHA256 Error: field 'sha256' is {sha_claimed}, the file's is {sha}")
+        if not zipfile.is_zipfile(tmp):  # served as <package>-<branch>-<version>.zip and unzipped by devices
+            return body(400, message="Zip Error: field 'file' is not a zip archive")
+        if not _claim(db, pkg, principal):
+            return body(403, message=f"Forbidden: package '{pkg}' belongs to another partner")
         with db.session() as s:
             row = s.scalar(select(Package).where(Package.name == pkg, Package.branch == branch,
                                                  Package.version == version))
@@ -270,7 +298,7 @@ async def upload(request: Request, file: Optional[UploadFile] = File(None), cont
     if file is None or content is None:
         return body(400, message="No file or content: multipart fields 'file' and 'content' are required")
     replace = (force or "").lower() in ("1", "true") or (overwrite or "").lower() in ("1", "true")
-    return await run_in_threadpool(store_package, request, content, file.file, replace)
+    return await run_in_threadpool(store_package, request, content, file.file, replace, principal)
 
 
 def _send(request: Request, package: str, branch: str, filename: str) -> Response:

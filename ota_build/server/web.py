@@ -1,4 +1,8 @@
-"""The web page (server-rendered, jinja2): firmware images, packages, devices, and an upload form."""
+"""The web page (server-rendered, jinja2): firmware images, packages and an upload form.
+
+The page is public, as seed 002's was, so it shows what devices may download
+(names, versions, sizes, digests) and nothing about partners or devices:
+device states are for their partner only (``ota-build devices``)."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 from .auth import principal_for
-from .models import Binary, Device, DeviceType, FirmwareImage, OtaRecord, Package, Partner
+from .models import Binary, FirmwareImage, OtaRecord, Package
 from .packages import store_package
 
 router = APIRouter(tags=["web"])
@@ -26,29 +30,21 @@ def _page_data(request: Request) -> Dict[str, Any]:
 
     with request.app.state.db.session() as s:
         images: List[Dict[str, Any]] = []
-        rows = s.execute(select(FirmwareImage, OtaRecord, DeviceType.device_type_id, Partner.partner_id)
+        rows = s.execute(select(FirmwareImage, OtaRecord)
                          .join(OtaRecord, OtaRecord.id == FirmwareImage.record_pk)
-                         .join(DeviceType, DeviceType.id == FirmwareImage.device_type_pk)
-                         .join(Partner, Partner.id == DeviceType.partner_pk)
-                         .order_by(Partner.partner_id, DeviceType.device_type_id, FirmwareImage.version_number.desc())
+                         .order_by(OtaRecord.name, FirmwareImage.version_number.desc())
                          .limit(500)).all()
-        for img, rec, dtid, pid in rows:
+        for img, rec in rows:
             m = REPO_URL_RE.search(rec.url or "")
             binary = s.scalar(select(Binary).where(Binary.partner_pk == rec.partner_pk,
                                                    Binary.sha256 == m.group(1))) if m else None
-            images.append({"id": img.id, "partner": pid, "deviceType": dtid, "name": rec.name,
+            images.append({"id": img.id, "name": rec.name,
                            "version": rec.version, "versionNumber": img.version_number,
                            "description": rec.description, "size": binary.size if binary else None,
                            "sha256": binary.sha256 if binary else ""})
         packages = s.scalars(select(Package).order_by(Package.name, Package.branch, Package.version_key.desc())
                              .limit(500)).all()
-        devices = s.execute(select(Device, DeviceType.device_type_id)
-                            .join(DeviceType, DeviceType.id == Device.device_type_pk)
-                            .order_by(Device.device_id).limit(500)).all()
-        return {"images": images, "packages": packages,
-                "devices": [{"id": d.device_id, "type": t, "group": d.group_name, "state": d.state,
-                             "versionNumber": d.state_version_number, "message": d.state_message,
-                             "updated": d.state_updated} for d, t in devices]}
+        return {"images": images, "packages": packages}
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -77,7 +73,7 @@ async def web_upload(request: Request, token: str = Form(..., max_length=200),
         content = {"package": package, "description": description, "updateInfo": "", "version": version,
                    "branch": branch, "local": "", "remote": str(request.base_url), "sha256": digest.hexdigest(),
                    "BeforeUpdate": "", "AfterUpdate": "", "dependencies": {}}
-        return store_package(request, json.dumps(content), file.file, False)
+        return store_package(request, json.dumps(content), file.file, False, principal)
 
     resp = await run_in_threadpool(work)
     result = json.loads(resp.body)
