@@ -24,12 +24,44 @@ def _server_cfg(args: argparse.Namespace):  # noqa: ANN202
     return cfg
 
 
-def _open_db(args: argparse.Namespace):  # noqa: ANN202
+def _open_db(args: argparse.Namespace, create: bool = True):  # noqa: ANN202
+    """The server's database, migrated; every way it can fail is one line naming the setting (exit 2).
+
+    ``create=False``: an embedded SQLite database must already exist (so a
+    mistyped ``--data-dir`` is not silently a new, empty service)."""
     try:
-        from .server.db import open_database
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+        from .server.db import default_database_url, open_database
     except ImportError as exc:  # pragma: no cover - the server extra is missing
         raise UsageError(f"the server needs the 'server' extra: pip install 'ota_build[server]' ({exc})") from None
-    return open_database(args.data_dir, args.database_url)
+    where = f"--data-dir {args.data_dir}"
+    if args.database_url:
+        try:
+            from sqlalchemy.engine import make_url
+
+            where = "--database-url " + make_url(args.database_url).render_as_string(hide_password=True)
+        except ArgumentError:
+            where = "--database-url"
+    if os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
+        raise UsageError(f"--data-dir: {args.data_dir} is not a directory")
+    if not create and not args.database_url:
+        sqlite_file = default_database_url(args.data_dir)[len("sqlite:///"):]
+        if not os.path.exists(sqlite_file):
+            raise UsageError(f"--data-dir: no OTA database in {args.data_dir} (create it with 'ota-build serve' "
+                             "or 'ota-build admin partner', or give the right --data-dir / --database-url)")
+    try:
+        return open_database(args.data_dir, args.database_url)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise UsageError(f"--database-url: not a usable SQLAlchemy URL ({str(exc).splitlines()[0]})") from None
+    except ImportError as exc:  # a driver that is not installed, e.g. psycopg for postgresql+psycopg://
+        raise UsageError(f"--database-url: the database driver is not installed ({exc}); for PostgreSQL: "
+                         "pip install 'ota_build[postgres]'") from None
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise UsageError(f"{where}: cannot open the database: {reason}") from None
+    except OSError as exc:
+        raise UsageError(f"--data-dir: {args.data_dir}: {exc.strerror or exc}") from None
 
 
 # --------------------------------------------------------------------------- commands
@@ -67,14 +99,28 @@ def cmd_admin(args: argparse.Namespace) -> int:
     """Partner accounts, device types, device tokens, keys."""
     from .server import admin
 
-    db = _open_db(args)
+    password = None
+    if args.admin_command == "partner":
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+            if not password:
+                raise UsageError("--password-stdin: no password on standard input")
+        if args.credentials_out and os.path.exists(args.credentials_out):
+            raise UsageError(f"--credentials-out: {args.credentials_out} exists; it is never overwritten")
+    db = _open_db(args, create=args.admin_command == "partner")
     doc: Any
     try:
         if args.admin_command == "partner":
-            password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
             doc = admin.create_partner(db, args.username, password, args.partner_id)
             if args.server_url:
                 doc["server"] = args.server_url
+            if args.credentials_out:
+                from .fsutil import atomic_write_text
+
+                secrets = {k: doc.pop(k) for k in ("username", "userpw", "auth-string")}
+                atomic_write_text(args.credentials_out, json.dumps(secrets, indent=2) + "\n", mode=0o600)
+                doc = {"credentialsFile": os.path.abspath(args.credentials_out), "username": secrets["username"],
+                       **doc}
         elif args.admin_command == "device-type":
             doc = admin.add_device_type(db, args.partner, args.device_type_id)
         elif args.admin_command == "device-token":
@@ -218,6 +264,9 @@ def add_server_commands(sub: Any) -> None:
     a.add_argument("--password-stdin", action="store_true", help="read the password from stdin (default: generate)")
     a.add_argument("--partner-id", help="partnerId (default: a new UUID)")
     a.add_argument("--server-url", help="also print this as the config's 'server'")
+    a.add_argument("--credentials-out", metavar="FILE",
+                   help="write username, userpw and auth-string to FILE (mode 0600, never overwritten) for "
+                        "OTA_CREDENTIALS_FILE, and print only the non-secret values")
     a = asub.add_parser("device-type", help="register a device type", description="Register a device type.")
     a.add_argument("--partner", required=True, help="partnerId")
     a.add_argument("--device-type-id", help="deviceTypeId (default: a new UUID)")

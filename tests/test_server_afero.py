@@ -211,6 +211,10 @@ def test_group_and_many_devices(partner, keys):
         assert resp.status_code == 200 and resp.json()["imageId"] == image["id"], dev
     other = p.device("lonely")
     assert requests.get(f"{p.server.url}/v1/devices/lonely/update", headers=bearer(other)).status_code == 204
+    # a group with no device (a typo) is refused, by both tools, with the HTTP status
+    for tool in (["partner-ota-hub-deploy"], ["ota-build", "deploy"]):
+        proc = run_cli(*tool, "-c", str(p.conf), "-g", "lba", "-i", image["id"], env=p.env, check=3)
+        assert_one_line_error(proc, 3, "HTTP 404", "group lba")
 
 
 def test_tokens_and_permissions(partner, keys):

@@ -502,14 +502,18 @@ def push(request: Request, body: PushIn, partnerId: str = PartnerId, deviceTypeI
             if dev is None or dev.device_type_pk != dtype.id:
                 raise HTTPException(404, f"device {device_id} is not a {deviceTypeId} device of this partner")
             devices.append(dev)
+        in_group = 0
+        if body.group:  # a group exists while a device is in it (ota-build admin device-token --group)
+            in_group = s.scalar(select(func.count(Device.id)).where(Device.partner_pk == partner.id,
+                                                                    Device.device_type_pk == dtype.id,
+                                                                    Device.group_name == body.group)) or 0
+            if not in_group:
+                raise HTTPException(404, f"group {body.group} has no {deviceTypeId} device of this partner")
         for dev in devices:
             s.add(Deployment(image_pk=img.id, device_pk=dev.id))
-        count = len(devices)
+        count = len(devices) + in_group
         if body.group:
             s.add(Deployment(image_pk=img.id, group_name=body.group))
-            count += s.scalar(select(func.count(Device.id)).where(Device.partner_pk == partner.id,
-                                                                  Device.device_type_pk == dtype.id,
-                                                                  Device.group_name == body.group)) or 0
         s.commit()
     log.info("partner %s: image %s pushed to %d device(s)", partnerId, imageId, count)
     return JSONResponse({"value": "Request accepted for processing", "devices": count}, status_code=202)
