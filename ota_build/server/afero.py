@@ -4,6 +4,7 @@ deploys to many devices or a group, and the partner's device list."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -32,6 +33,8 @@ router = APIRouter(tags=["afero"])
 VERSION_RE = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 ID_RE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 REPO_URL_RE = re.compile(r"/v1/ota/partners/[^/]+/repository/([0-9a-f]{64})$")
+MAX_OPEN_UPLOADS = 16  # unfinished resumable uploads per partner
+UPLOAD_SESSION_HOURS = 24  # an unfinished resumable upload (and its .part file) is dropped after this
 
 PartnerId = Path(..., pattern=ID_RE, max_length=64, description="partnerId")
 DeviceTypeId = Path(..., pattern=ID_RE, max_length=64, description="deviceTypeId")
@@ -268,9 +271,22 @@ def start_upload(request: Request, body: UploadStart, partnerId: str = PartnerId
     storage = request.app.state.storage
     if body.size > storage.max_upload_bytes:
         raise HTTPException(413, f"field 'size': exceeds the limit of {storage.max_upload_bytes} bytes")
-    upload_id = secrets.token_urlsafe(24)
-    storage.part_path(upload_id).touch()
     with _db(request).session() as s:
+        expired = s.scalars(select(UploadSession).where(
+            UploadSession.created < utcnow() - dt.timedelta(hours=UPLOAD_SESSION_HOURS))).all()
+        for old in expired:
+            storage.part_path(old.id).unlink(missing_ok=True)
+            s.delete(old)
+        s.commit()
+        if expired:
+            log.info("dropped %d resumable upload(s) unfinished after %d h", len(expired), UPLOAD_SESSION_HOURS)
+        open_uploads = s.scalar(select(func.count()).select_from(UploadSession)
+                                .where(UploadSession.partner_pk == principal.partner_pk)) or 0
+        if open_uploads >= MAX_OPEN_UPLOADS:
+            raise HTTPException(429, f"{open_uploads} unfinished uploads: finish one, or wait "
+                                     f"{UPLOAD_SESSION_HOURS} h for them to expire")
+        upload_id = secrets.token_urlsafe(24)
+        storage.part_path(upload_id).touch()
         s.add(UploadSession(id=upload_id, partner_pk=principal.partner_pk, size=body.size))
         s.commit()
     return {"uploadId": upload_id, "offset": 0, "size": body.size}
@@ -354,13 +370,15 @@ async def complete_upload(request: Request, partnerId: str = PartnerId, uploadId
         os.replace(part, tmp)  # claim the bytes; a second complete finds nothing
         from ..package import file_sha256
 
-        sha = file_sha256(tmp)
-        _accept_binary(request, principal.partner_pk, tmp, sha, have)
-        with _db(request).session() as s:
-            row = s.get(UploadSession, uploadId)
-            if row is not None:
-                s.delete(row)
-                s.commit()
+        try:
+            sha = file_sha256(tmp)
+            _accept_binary(request, principal.partner_pk, tmp, sha, have)
+        finally:  # accepted or rejected, the session is over (its bytes were claimed above)
+            with _db(request).session() as s:
+                row = s.get(UploadSession, uploadId)
+                if row is not None:
+                    s.delete(row)
+                    s.commit()
         return sha
 
     try:

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD = 4 * 1024 ** 3
 REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-           409: "Conflict", 413: "Payload Too Large", 416: "Range Not Satisfiable", 422: "Unprocessable Entity"}
+           409: "Conflict", 413: "Payload Too Large", 416: "Range Not Satisfiable", 422: "Unprocessable Entity",
+           429: "Too Many Requests"}
 
 
 class RangeFileResponse(FileResponse):
