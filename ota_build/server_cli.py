@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from .config import DEFAULT_CONFIG_NAME, load_config
-from .errors import ServerError, UsageError
+from .errors import OtaError, ServerError, UsageError
 
 
 def _print_json(doc: Any) -> None:
@@ -66,6 +66,23 @@ def _open_db(args: argparse.Namespace, create: bool = True):  # noqa: ANN202
 
 # --------------------------------------------------------------------------- commands
 
+def _check_port_free(host: str, port: int) -> None:
+    """Fail with one line (exit 1) when host:port cannot be bound, before anything starts."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host: {host}: {exc.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise OtaError(f"--port: cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server (migrations first, then uvicorn)."""
     try:
@@ -78,7 +95,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers: {args.workers} must be at least 1")
     if not 0 <= args.latest_cache_ttl <= 3600:
         raise UsageError(f"--latest-cache-ttl: {args.latest_cache_ttl} must be between 0 and 3600 seconds")
+    if args.max_upload_bytes < 1:
+        raise UsageError(f"--max-upload-bytes: {args.max_upload_bytes} must be at least 1")
+    _check_port_free(args.host, args.port)
     db = _open_db(args)
+    where = db.engine.url.render_as_string(hide_password=True)
     db.dispose()
     os.environ["OTA_DATA_DIR"] = os.path.abspath(args.data_dir)
     if args.database_url:
@@ -86,6 +107,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["OTA_MAX_UPLOAD_BYTES"] = str(args.max_upload_bytes)
     os.environ["OTA_LATEST_CACHE_TTL"] = str(args.latest_cache_ttl)
     os.environ["OTA_SKIP_MIGRATIONS"] = "1"
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"ota-build serve: http://{host}:{args.port} ({args.workers} worker(s); database {where}; "
+          f"files in {os.path.abspath(args.data_dir)}); Ctrl-C stops it", file=sys.stderr, flush=True)
     if args.host not in ("127.0.0.1", "::1", "localhost"):
         print(f"ota-build serve: listening on {args.host}: put TLS (a reverse proxy) in front of it",
               file=sys.stderr)

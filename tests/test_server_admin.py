@@ -73,3 +73,19 @@ def test_empty_password_on_stdin_is_refused(tmp_path):  # noqa: ANN001
                                                  "c@example.com", "--password-stdin"],
                           input="", capture_output=True, text=True)
     assert_one_line_error(proc, 2, "--password-stdin")
+
+
+def test_serve_says_where_and_refuses_a_busy_port(tmp_path):  # noqa: ANN001
+    from .serverutil import start_server, stop_server
+
+    srv = start_server(tmp_path / "data", None)
+    try:
+        port = srv.url.rsplit(":", 1)[1]
+        log = next((tmp_path).glob(f"server-{port}.log")).read_text()
+        assert f"ota-build serve: http://127.0.0.1:{port}" in log and "sqlite" in log
+        busy = run_cli("ota-build", "serve", "--data-dir", str(tmp_path / "other"), "--port", port)
+        assert_one_line_error(busy, 1, f"127.0.0.1:{port}", "in use")
+    finally:
+        stop_server(srv)
+    assert_one_line_error(run_cli("ota-build", "serve", "--data-dir", str(tmp_path / "d"), "--max-upload-bytes", "0"),
+                          2, "--max-upload-bytes")
