@@ -119,6 +119,10 @@ def test_seed_tools_end_to_end(partner, keys):
     part = requests.get(p.server.url + upd["url"], headers={**bearer(token), "Range": "bytes=1000-"})
     assert part.status_code == 206 and part.content == data[1000:]
     assert part.headers["Content-Range"] == f"bytes 1000-{len(data) - 1}/{len(data)}"
+    head = requests.head(p.server.url + upd["url"], headers=bearer(token))
+    assert head.status_code == 200 and int(head.headers["Content-Length"]) == len(data) and not head.content
+    assert head.headers["ETag"] == f'"{upd["sha256"]}"'
+    assert requests.head(p.server.url + upd["url"]).status_code == 401
 
     resp = requests.post(dev + "/status", headers=bearer(token),
                          json={"state": "installed", "versionNumber": record["versionNumber"], "message": "ok"})

@@ -58,6 +58,8 @@ def test_upload_latest_and_files(server, partner):
     for prefix in ("otafiles", "ota-files"):
         resp = requests.get(f"{server.url}/{prefix}/{pkg}/major/{pkg}-major-0.0.9.zip")
         assert resp.status_code == 200 and resp.content == a_zip("0.0.9")
+        head = requests.head(f"{server.url}/{prefix}/{pkg}/major/{pkg}-major-0.0.9.zip")
+        assert head.status_code == 200 and int(head.headers["Content-Length"]) == len(a_zip("0.0.9"))
     assert requests.get(f"{server.url}/otafiles/{pkg}/major/{pkg}-major-9.9.9.zip").status_code == 404
     missing = requests.get(f"{server.url}/latestVersion", params={"package": "nope", "branch": "major"})
     assert missing.status_code == 404 and missing.json()["status"] == 404

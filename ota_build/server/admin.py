@@ -52,7 +52,10 @@ def create_partner(db: Database, username: str, password: Optional[str] = None,
         try:
             s.commit()
         except IntegrityError:
-            raise UsageError(f"a partner with username {username!r} or partnerId {partner_id!r} exists") from None
+            s.rollback()
+            if s.scalar(select(Partner).where(Partner.username == username)) is not None:
+                raise UsageError(f"field 'username': a partner with username {username!r} exists") from None
+            raise UsageError(f"field 'partnerId': a partner with partnerId {partner_id!r} exists") from None
     auth_string = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
     return {"username": username, "userpw": password, "auth-string": auth_string, "partnerId": partner_id}
 

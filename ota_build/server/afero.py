@@ -402,6 +402,7 @@ def move_to_repository(request: Request, body: Value, partnerId: str = PartnerId
     return {"value": f"{str(request.base_url).rstrip('/')}/v1/ota/partners/{partnerId}/repository/{body.value}"}
 
 
+@router.head("/v1/ota/partners/{partnerId}/repository/{sha256}", response_class=Response, include_in_schema=False)  # curl -I
 @router.get("/v1/ota/partners/{partnerId}/repository/{sha256}", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}})
 def repository_file(request: Request, partnerId: str = PartnerId,

@@ -28,11 +28,11 @@ class StatusIn(BaseModel):
     state: str = Field(..., pattern="^(" + "|".join(STATES) + ")$")
     versionNumber: Union[int, str] = Field("", description="integer, or a string of digits (as /update sends it)")
 
-    @field_validator("versionNumber")
+    @field_validator("versionNumber", mode="before")
     @classmethod
-    def _digits(cls, value: Union[int, str]) -> str:
+    def _digits(cls, value: Any) -> str:
         text = str(value)
-        if isinstance(value, bool) or not re.fullmatch(r"[0-9]{0,19}", text) or (text and int(text) >= 2 ** 63):
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or not re.fullmatch(r"[0-9]{0,19}", text) or (text and int(text) >= 2 ** 63):
             raise ValueError("must be a versionNumber: an integer from 0 to 2^63-1 (or its digits as a string)")
         return text
     message: str = Field("", max_length=500)
@@ -92,6 +92,7 @@ def check_update(request: Request, deviceId: str = DeviceId, type: int = Query(5
     return JSONResponse(body)
 
 
+@router.head("/v1/devices/{deviceId}/images/{imageId}", response_class=Response, include_in_schema=False)  # curl -I
 @router.get("/v1/devices/{deviceId}/images/{imageId}", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "a range"}})
 def download_image(request: Request, deviceId: str = DeviceId, imageId: int = Path(..., ge=1, le=2 ** 62),

@@ -318,6 +318,7 @@ def _send(request: Request, package: str, branch: str, filename: str) -> Respons
 
 
 
+@router.head("/otafiles/{package}/{branch}/{filename}", response_class=Response, include_in_schema=False)  # curl -I
 @router.get("/otafiles/{package}/{branch}/{filename}", response_class=Response,
             responses={200: {"content": {"application/zip": {}}}})
 def otafiles(request: Request, package: str = Path(..., max_length=100), branch: str = Path(..., max_length=100),
@@ -326,6 +327,7 @@ def otafiles(request: Request, package: str = Path(..., max_length=100), branch:
     return _send(request, package, branch, filename)
 
 
+@router.head("/ota-files/{package}/{branch}/{filename}", response_class=Response, include_in_schema=False)  # curl -I
 @router.get("/ota-files/{package}/{branch}/{filename}", response_class=Response,
             responses={200: {"content": {"application/zip": {}}}})
 def ota_files(request: Request, package: str = Path(..., max_length=100), branch: str = Path(..., max_length=100),
