@@ -220,7 +220,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    """Zip a folder, write content.json with the real sha256, upload (seed 001)."""
+    """Zip a folder, write content.json with the real sha256, upload (seed 001) unless --no-upload."""
     from .pack import pack
 
     server = args.server or os.environ.get("OTA_PACKAGE_SERVER") or os.environ.get("OTA_SERVER")
@@ -230,9 +230,11 @@ def cmd_pack(args: argparse.Namespace) -> int:
             with open(args.token_file, encoding="utf-8") as fh:
                 token = fh.read().strip()
         except OSError as exc:
-            raise UsageError(f"{args.token_file}: cannot read token file: {exc.strerror}") from None
+            raise UsageError(f"--token-file: {args.token_file}: cannot read: {exc.strerror}") from None
+        if not token:
+            raise UsageError(f"--token-file: {args.token_file} is empty")
     result = pack(args.folder, args.package, args.branch, args.version, args.output,
-                  None if args.no_upload else server, token, args.overwrite, args.description)
+                  server, token, args.overwrite, args.description, upload=not args.no_upload)
     print(f"{result['zip']}: sha256 {result['sha256']}; {result['content']}")
     if "server" in result:
         print(f"uploaded to {server}{result['server'].get('url', '')}")
@@ -341,16 +343,25 @@ def add_server_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser("pack", help="zip a folder into a package and upload it (seed 001)",
-                       description="Zip FOLDER, write content.json with the zip's real sha256, and upload both to "
-                                   "the server's PUT /upload. Token from OTA_TOKEN or --token-file.")
+                       description="Zip FOLDER, write content.json with the zip's real sha256 next to the zip, and "
+                                   "upload both to the server's PUT /upload. The server comes from --server, "
+                                   "OTA_PACKAGE_SERVER or OTA_SERVER; without one pack fails (exit 3) unless "
+                                   "--no-upload is given. The token comes from OTA_TOKEN (the token itself) or "
+                                   "--token-file. pack's own outputs (the zip, its temporary files, earlier "
+                                   "<package>-<branch>-<version>.zip files and their content.json) are never put "
+                                   "into the zip, so the output may lie inside FOLDER.")
     p.add_argument("folder", help="folder to package")
     p.add_argument("--package", required=True, help="package name")
     p.add_argument("--branch", required=True, help="branch")
     p.add_argument("--version", required=True, help="version (e.g. 0.1.0)")
     p.add_argument("--description", default="", help="description for content.json")
-    p.add_argument("-o", "--output", help="zip path (default: <package>-<branch>-<version>.zip)")
-    p.add_argument("--server", help="server base URL (default: $OTA_PACKAGE_SERVER or $OTA_SERVER)")
-    p.add_argument("--token-file", help="file holding the partner API token (default: $OTA_TOKEN)")
+    p.add_argument("-o", "--output", help="zip path (default: <package>-<branch>-<version>.zip); content.json is "
+                                          "written in the same directory")
+    p.add_argument("--server", help="server base URL (default: $OTA_PACKAGE_SERVER or $OTA_SERVER; required "
+                                    "unless --no-upload)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="file holding the partner API token (instead of $OTA_TOKEN, which holds the token itself)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version (overwrite=1)")
-    p.add_argument("--no-upload", action="store_true", help="only write the zip and content.json")
+    p.add_argument("--no-upload", action="store_true",
+                   help="only write the zip and content.json (no server or token needed)")
     p.set_defaults(func=cmd_pack)

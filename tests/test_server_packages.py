@@ -12,7 +12,7 @@ import requests
 
 from ota_build.server.packages import version_key
 
-from .conftest import assert_one_line_error, run_cli
+from .conftest import ROOT, assert_one_line_error, run_cli
 
 
 def content_for(data: bytes, package: str = "helloworld", branch: str = "major", version: str = "0.1.0") -> dict:
@@ -210,3 +210,108 @@ def test_a_package_must_be_a_zip(server, partner):
     assert resp.status_code == 400 and "not a zip" in resp.json()["message"]
     assert not (server.data_dir / "otafiles" / pkg).exists()
     assert requests.get(f"{server.url}/latestVersion", params={"package": pkg, "branch": "major"}).status_code == 404
+NO_ENV = {"OTA_SERVER": "", "OTA_PACKAGE_SERVER": "", "OTA_TOKEN": ""}
+
+
+def documented_exit_code(meaning: str) -> int:
+    """The code docs/exit-codes.md gives for the row mentioning ``meaning``."""
+    for line in (ROOT / "docs" / "exit-codes.md").read_text().splitlines():
+        if meaning in line:
+            return int(line.split("|")[1])
+    raise AssertionError(f"docs/exit-codes.md has no row for {meaning!r}")
+
+
+def an_app(folder):  # noqa: ANN001, ANN201
+    """A small folder to pack; the sorted names it should zip to."""
+    (folder / "sub").mkdir(parents=True)
+    (folder / "run.sh").write_text("echo hi\n")
+    (folder / "sub" / "data.txt").write_text("data\n")
+    (folder / "sub" / "content.json").write_text("{}\n")  # the app's own file, not beside a pack zip
+    (folder / "other.zip").write_bytes(a_zip("bundled"))  # not named like this package's zips
+    return ["other.zip", "run.sh", "sub/content.json", "sub/data.txt"]
+
+
+def test_pack_without_server_is_refused(server, partner, tmp_path):
+    code = documented_exit_code("no server configured")
+    assert code == 3
+    folder = tmp_path / "app"
+    names = an_app(folder)
+    pkg = "ns" + partner.partner_id[-8:]
+    args = ["pack", str(folder), "--package", pkg, "--branch", "main", "--version", "0.0.1"]
+    # a valid token but no server anywhere: refused before anything is written or uploaded
+    proc = run_cli("ota-build", *args, cwd=tmp_path, env=dict(NO_ENV, OTA_TOKEN=partner.api_token()))
+    assert_one_line_error(proc, code, "no OTA server configured", "--server", "OTA_SERVER", "--no-upload")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app", "credentials.json", "partner-ota-conf.json"]
+    assert requests.get(f"{server.url}/getVersion", params={"package": pkg}).json()["list"] == []
+    # --no-upload: only the files, and exit 0 without server or token
+    proc = run_cli("ota-build", *args, "--no-upload", cwd=tmp_path, env=NO_ENV, check=0)
+    assert "uploaded" not in proc.stdout and not proc.stderr
+    out = tmp_path / f"{pkg}-main-0.0.1.zip"
+    assert sorted(zipfile.ZipFile(out).namelist()) == names
+    content = json.loads((tmp_path / "content.json").read_text())
+    assert content["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest() and content["version"] == "0.0.1"
+    assert requests.get(f"{server.url}/getVersion", params={"package": pkg}).json()["list"] == []
+    # OTA_SERVER alone is enough to upload
+    proc = run_cli("ota-build", *args, cwd=tmp_path, env=dict(NO_ENV, OTA_SERVER=server.url,
+                                                              OTA_TOKEN=partner.api_token()), check=0)
+    assert "uploaded" in proc.stdout
+    assert len(requests.get(f"{server.url}/getVersion", params={"package": pkg}).json()["list"]) == 1
+
+
+def test_pack_output_inside_the_folder_leaves_its_own_files_out(server, partner, tmp_path):
+    folder = tmp_path / "app"
+    names = an_app(folder)
+    pkg = "in" + partner.partner_id[-8:]
+    base = ["pack", ".", "--package", pkg, "--branch", "b"]
+    run_cli("ota-build", *base, "--version", "1", "--no-upload", cwd=folder, env=NO_ENV, check=0)
+    first = folder / f"{pkg}-b-1.zip"
+    assert sorted(zipfile.ZipFile(first).namelist()) == names  # not its own temporary file
+    assert (folder / "content.json").exists()
+    # leftovers of an interrupted run, then a second version uploaded from inside the folder
+    (folder / f".{pkg}-b-0.9.zip.ab12cd34.tmp").write_bytes(b"partial")
+    (folder / ".content.json.ef56gh78.tmp").write_text("{")
+    env = dict(NO_ENV, OTA_TOKEN=partner.api_token())
+    proc = run_cli("ota-build", *base, "--version", "2", "--server", server.url, cwd=folder, env=env, check=0)
+    assert "uploaded" in proc.stdout
+    second = folder / f"{pkg}-b-2.zip"
+    assert sorted(zipfile.ZipFile(second).namelist()) == names  # no earlier zip, content.json or temp file
+    content = json.loads((folder / "content.json").read_text())
+    assert content["version"] == "2" and content["sha256"] == hashlib.sha256(second.read_bytes()).hexdigest()
+    stored = requests.get(f"{server.url}/otafiles/{pkg}/b/{pkg}-b-2.zip")
+    assert stored.status_code == 200 and stored.content == second.read_bytes()
+    # from outside, into another directory: the earlier outputs inside the folder stay out too
+    dist = tmp_path / "dist"
+    run_cli("ota-build", "pack", str(folder), "--package", pkg, "--branch", "b", "--version", "3",
+            "-o", str(dist / "three.zip"), "--no-upload", env=NO_ENV, check=0)
+    assert sorted(zipfile.ZipFile(dist / "three.zip").namelist()) == names
+    assert (dist / "content.json").exists()
+    # -o with a custom name inside the folder: that zip and the content.json beside it stay out
+    run_cli("ota-build", *base, "--version", "4", "-o", "sub/custom.zip", "--no-upload", cwd=folder, env=NO_ENV,
+            check=0)
+    assert sorted(zipfile.ZipFile(folder / "sub" / "custom.zip").namelist()) == [
+        n for n in names if n != "sub/content.json"]
+
+
+def test_pack_token_message_and_help(server, partner, tmp_path):
+    folder = tmp_path / "app"
+    an_app(folder)
+    pkg = "tk" + partner.partner_id[-8:]
+    args = ["pack", str(folder), "--package", pkg, "--branch", "main", "--version", "0.0.1", "--server", server.url]
+    proc = run_cli("ota-build", *args, cwd=tmp_path, env=NO_ENV)
+    assert_one_line_error(proc, 2, "OTA_TOKEN", "--token-file", "--no-upload")
+    assert "--token " not in proc.stderr and "--token (" not in proc.stderr
+    assert not list(tmp_path.glob("*.zip")) and not (tmp_path / "content.json").exists()
+    empty = tmp_path / "empty-token"
+    empty.write_text("\n")
+    proc = run_cli("ota-build", *args, "--token-file", str(empty), cwd=tmp_path, env=NO_ENV)
+    assert_one_line_error(proc, 2, "--token-file", "empty")
+    proc = run_cli("ota-build", *args, "--token-file", str(tmp_path / "missing"), cwd=tmp_path, env=NO_ENV)
+    assert_one_line_error(proc, 2, "--token-file", "missing")
+    # OTA_TOKEN holds the token itself
+    proc = run_cli("ota-build", *args, cwd=tmp_path, env=dict(NO_ENV, OTA_TOKEN=partner.api_token()), check=0)
+    assert "uploaded" in proc.stdout
+    helptext = run_cli("ota-build", "pack", "--help", env={"COLUMNS": "400"}, check=0).stdout
+    line = next(x for x in helptext.splitlines() if x.strip().startswith("--token-file"))
+    assert "default: $OTA_TOKEN" not in line and "OTA_TOKEN" in line and "token itself" in line
+    line = next(x for x in helptext.splitlines() if x.strip().startswith("--server"))
+    assert "required unless --no-upload" in line

@@ -32,7 +32,8 @@ class StatusIn(BaseModel):
     @classmethod
     def _digits(cls, value: Any) -> str:
         text = str(value)
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or not re.fullmatch(r"[0-9]{0,19}", text) or (text and int(text) >= 2 ** 63):
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or not re.fullmatch(r"[0-9]{0,19}", text) \
+                or (text and int(text) >= 2 ** 63):
             raise ValueError("must be a versionNumber: an integer from 0 to 2^63-1 (or its digits as a string)")
         return text
     message: str = Field("", max_length=500)
