@@ -2,10 +2,22 @@
 
 Every failure becomes one ``ServerError`` line with the HTTP status; the
 access token, password and auth string never appear in messages or logs.
-Connection errors and 502/503/504 are retried with exponential back-off.
+An answer that is not the OTA API's JSON (an HTML page from some other web
+server) is reported as such, never printed.
+
+Timeouts and retries (``NetworkSettings``, from ``OTA_CONNECT_TIMEOUT``,
+``OTA_READ_TIMEOUT``, ``OTA_RETRIES``): every attempt has a connect and a
+read timeout; failures are retried with exponential back-off, each retry
+announced by one WARNING line. A retry must not do a thing twice, so
+idempotent calls (GET, HEAD, PUT, DELETE, and the POSTs marked
+``retry_safe``) are retried after any connection error, timeout or HTTP
+502/503/504, other POSTs only when the request cannot have reached the server
+(connection refused, name not found, connect timeout).
+
 Uploads are resumable: the upload session's id is kept in a small state file
 next to the image, so a re-run after a crash or a dropped connection continues
-where the server stopped receiving.
+where the server stopped receiving; within one run a failed chunk is resumed
+from the offset the server reports.
 """
 
 from __future__ import annotations
@@ -13,13 +25,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import requests
+from urllib3.exceptions import NewConnectionError
 
-from .config import OtaConfig
+from .config import NetworkSettings, OtaConfig
 from .errors import ServerError, UsageError
 from .fsutil import atomic_write_text
 
@@ -27,19 +41,60 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 RETRY_STATUSES = (502, 503, 504)
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+# Transport failures: no complete answer arrived (ConnectTimeout and ReadTimeout are in the first two).
+TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+# The server verifies an image before it answers POST .../complete: allow it this speed on top of the read timeout.
+VERIFY_BYTES_PER_SECOND = 20 * 1024 * 1024
 
 
-def _message(resp: requests.Response) -> str:
+def _cause(exc: requests.RequestException) -> Any:
+    """The urllib3 error under a requests error (``MaxRetryError.reason``), else the first argument."""
+    arg = exc.args[0] if exc.args else None
+    return getattr(arg, "reason", arg)
+
+
+def not_sent(exc: requests.RequestException) -> bool:
+    """True when the request cannot have reached the server: no connection was made."""
+    return isinstance(exc, requests.ConnectTimeout) or isinstance(_cause(exc), NewConnectionError)
+
+
+def _tls_failure(what: str, base: str, exc: requests.exceptions.SSLError) -> ServerError:
+    """A TLS failure (untrusted certificate, wrong host name...) as one line; retrying would not help."""
+    found = re.search(r"\[SSL: [A-Z_]+\] ([^(\n]+)", str(exc))
+    return ServerError(f"{what}: TLS with {base} failed: {found.group(1).strip() if found else type(exc).__name__}")
+
+
+def _content_type(resp: requests.Response) -> str:
+    return (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+
+
+def _json_body(resp: requests.Response) -> Any:
+    """The parsed body when the answer is JSON, else None."""
+    ctype = _content_type(resp)
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        return None
     try:
-        doc = resp.json()
+        return resp.json()
     except ValueError:
-        text = resp.text.strip().splitlines()
-        return text[0][:200] if text else resp.reason or ""
-    if isinstance(doc, dict):
-        for key in ("message", "error_description", "error", "detail"):
-            if doc.get(key):
-                return str(doc[key]).splitlines()[0][:300]
-    return resp.reason or ""
+        return None
+
+
+def _not_ota(resp: requests.Response, base: str) -> str:
+    """``HTTP <status> from <base>: not an OTA server response (<type>)``."""
+    what = _content_type(resp) or ("empty" if not resp.content else "no content type")
+    return f"HTTP {resp.status_code} from {base}: not an OTA server response ({what})"
+
+
+def _message(resp: requests.Response, base: str) -> str:
+    """One line for an unexpected answer: the status and the OTA API's message, or what the answer is."""
+    doc = _json_body(resp)
+    if not isinstance(doc, dict):
+        return _not_ota(resp, base)
+    for key in ("message", "error_description", "error", "detail"):
+        if doc.get(key):
+            return f"HTTP {resp.status_code}: " + str(doc[key]).splitlines()[0][:300]
+    return f"HTTP {resp.status_code}: {(resp.reason or '')[:80]}"
 
 
 def progress_bar(total: int, initial: int, desc: str) -> Any:
@@ -82,14 +137,12 @@ class _Slice:
 class OtaClient:
     """A logged-in session with the partner API of ``cfg.server``."""
 
-    def __init__(self, cfg: OtaConfig, timeout: float = 60.0, retries: Optional[int] = None, backoff: float = 0.5):
-        cfg.require("server", "partnerId", "username", "userpw", "auth-string")
+    def __init__(self, cfg: OtaConfig, settings: Optional[NetworkSettings] = None):
+        self.base = cfg.server_url()
+        cfg.require("partnerId", "username", "userpw", "auth-string")
         self.cfg = cfg
-        self.base = cfg.server.rstrip("/")
         self.partner = cfg.partner_id
-        self.timeout = timeout
-        self.retries = int(os.environ.get("OTA_RETRIES", "5")) if retries is None else retries
-        self.backoff = backoff
+        self.settings = NetworkSettings.from_env() if settings is None else settings
         self.http = requests.Session()
         self._token: Optional[str] = None
 
@@ -97,48 +150,89 @@ class OtaClient:
     def _url(self, path: str) -> str:
         return self.base + path
 
+    def _timeout(self, extra_read: float = 0.0) -> Tuple[float, float]:
+        """``(connect, read)`` timeouts for requests."""
+        return (self.settings.connect_timeout, self.settings.read_timeout + extra_read)
+
+    def _describe(self, exc: requests.RequestException, timeout: Tuple[float, float]) -> str:
+        """What went wrong with the connection, in words (never the request's headers or body)."""
+        if isinstance(exc, requests.ConnectTimeout):
+            return f"no connection to {self.base} within {timeout[0]:g} s (connect timeout)"
+        if isinstance(exc, requests.ReadTimeout):
+            return f"no answer from {self.base} within {timeout[1]:g} s (read timeout)"
+        if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+            return f"the answer from {self.base} was cut off"
+        cause = _cause(exc)
+        if isinstance(cause, NewConnectionError):
+            why = getattr(cause.__cause__, "strerror", None) or "no connection"
+            return f"cannot reach {self.base}: {why}"
+        return f"the connection to {self.base} was lost"
+
     def request(self, method: str, path: str, ok: "tuple[int, ...]" = (200,), auth: bool = True,
-                **kwargs: Any) -> requests.Response:
-        """Send a request (with retries); raise ServerError unless the status is in ``ok``."""
+                retry_safe: Optional[bool] = None, **kwargs: Any) -> requests.Response:
+        """Send a request (with retries); raise ServerError unless the status is in ``ok``.
+
+        ``retry_safe`` says whether sending the request twice is harmless (default: whether the
+        method is idempotent); see the module docstring for when a request is retried.
+        """
         if auth:
             headers = dict(kwargs.pop("headers", {}) or {})
             headers["Authorization"] = f"Bearer {self.token()}"
             kwargs["headers"] = headers
-        kwargs.setdefault("timeout", self.timeout)
-        resp = self._with_retries(lambda: self.http.request(method, self._url(path), **kwargs), f"{method} {path}")
+        kwargs.setdefault("timeout", self._timeout())
+        safe = method.upper() in IDEMPOTENT_METHODS if retry_safe is None else retry_safe
+        what = f"{method} {path}"
+        resp = self._with_retries(lambda: self.http.request(method, self._url(path), **kwargs), what, safe,
+                                  kwargs["timeout"])
         if resp.status_code not in ok:
-            raise ServerError(f"{method} {path}: HTTP {resp.status_code}: {_message(resp)}")
+            raise ServerError(f"{what}: {_message(resp, self.base)}")
         return resp
 
-    def _with_retries(self, send: Callable[[], requests.Response], what: str) -> requests.Response:
-        delay = self.backoff
-        for attempt in range(self.retries + 1):
+    def request_json(self, method: str, path: str, ok: "tuple[int, ...]" = (200,), keys: Sequence[str] = (),
+                     **kwargs: Any) -> Any:
+        """``request`` and the answer's JSON; ServerError unless it is JSON (an object with ``keys``, if given)."""
+        resp = self.request(method, path, ok, **kwargs)
+        doc = _json_body(resp)
+        if doc is None or (keys and not (isinstance(doc, dict) and all(k in doc for k in keys))):
+            raise ServerError(f"{method} {path}: {_not_ota(resp, self.base)}")
+        return doc
+
+    def _with_retries(self, send: Callable[[], requests.Response], what: str, retry_safe: bool,
+                      timeout: Tuple[float, float]) -> requests.Response:
+        """Call ``send`` until it gives an answer worth returning, retrying only what is safe to repeat."""
+        retries = self.settings.retries
+        for attempt in range(retries + 1):
             try:
                 resp = send()
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt == self.retries:
-                    raise ServerError(f"{what}: cannot reach {self.base}: {type(exc).__name__}") from None
-                log.info("%s: %s; retrying in %.1fs", what, type(exc).__name__, delay)
+            except requests.exceptions.SSLError as exc:
+                raise _tls_failure(what, self.base, exc) from None
+            except TRANSPORT_ERRORS as exc:
+                problem = self._describe(exc, timeout)
+                if not retry_safe and not not_sent(exc):
+                    raise ServerError(f"{what}: {problem}; not retried, as the server may have carried it out") from None
+                if attempt == retries:
+                    raise ServerError(f"{what}: {problem} ({attempt + 1} attempt{'s' if attempt else ''})") from None
+            except requests.RequestException as exc:
+                raise ServerError(f"{what}: {self.base}: {type(exc).__name__}") from None
             else:
-                if resp.status_code not in RETRY_STATUSES or attempt == self.retries:
+                if resp.status_code not in RETRY_STATUSES or not retry_safe or attempt == retries:
                     return resp
-                log.info("%s: HTTP %d; retrying in %.1fs", what, resp.status_code, delay)
+                problem = f"HTTP {resp.status_code} from {self.base}"
+            delay = self.settings.delay(attempt)
+            log.warning("%s: %s; retry %d of %d in %g s", what, problem, attempt + 1, retries, delay)
             time.sleep(delay)
-            delay = min(delay * 2, 30.0)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def token(self) -> str:
-        """The access token (``POST /oauth/token``, fetched once)."""
+        """The access token (``POST /oauth/token``, fetched once; retried like a GET: a second token is harmless)."""
         if self._token is None:
             creds = self.cfg.credentials
-            resp = self.request("POST", "/oauth/token", auth=False,
-                                headers={"Authorization": f"Basic {creds.auth_string}", "Accept": "application/json"},
-                                data={"username": creds.username, "password": creds.password,
-                                      "grant_type": "password"})
-            token = resp.json().get("access_token")
-            if not token:
-                raise ServerError("POST /oauth/token: HTTP 200 but no access_token in the answer")
-            self._token = token
+            doc = self.request_json("POST", "/oauth/token", auth=False, retry_safe=True, keys=("access_token",),
+                                    headers={"Authorization": f"Basic {creds.auth_string}",
+                                             "Accept": "application/json"},
+                                    data={"username": creds.username, "password": creds.password,
+                                          "grant_type": "password"})
+            self._token = str(doc["access_token"])
         return self._token
 
     # ------------------------------------------------------------------ pool
@@ -148,7 +242,7 @@ class OtaClient:
 
         path = (f"/v1/ota/partners/{self.partner}/pool/types/{ota_type}/names/{quote(name, safe='')}"
                 f"/versions/{quote(version, safe='')}/exists")
-        return bool(self.request("GET", path).json().get("value"))
+        return bool(self.request_json("GET", path, keys=("value",))["value"])
 
     def create_record(self, name: str, description: str, version: str, ota_type: int,
                       tags: Optional[List[str]] = None, version_number: Optional[str] = None) -> Dict[str, Any]:
@@ -158,7 +252,8 @@ class OtaClient:
                                 "url": "", "tags": list(tags or [])}
         if version_number is not None:
             body["versionNumber"] = str(version_number)
-        return self.request("POST", f"/v1/ota/partners/{self.partner}/pool", ok=(201,), json=body).json()
+        return self.request_json("POST", f"/v1/ota/partners/{self.partner}/pool", ok=(201,),
+                                 keys=("id", "versionNumber"), json=body)
 
     def update_record(self, record: Dict[str, Any]) -> None:
         """PUT the record (with its url) back."""
@@ -177,21 +272,22 @@ class OtaClient:
         offset = 0
         if state:
             resp = self.request("GET", f"{base}/{state['uploadId']}", ok=(200, 404))
-            if resp.status_code == 200:
-                offset = int(resp.json()["offset"])
+            doc = _json_body(resp)
+            if resp.status_code == 200 and isinstance(doc, dict) and "offset" in doc:
+                offset = int(doc["offset"])
                 log.info("resuming upload of %s at byte %d of %d", path, offset, size)
             else:
                 state = None
         if not state:
-            upload_id = self.request("POST", base, ok=(201,), json={"size": size}).json()["uploadId"]
+            upload_id = self.request_json("POST", base, ok=(201,), keys=("uploadId",), json={"size": size})["uploadId"]
             stat = os.stat(path)
             state = {"uploadId": upload_id, "size": size, "mtime": stat.st_mtime_ns, "server": self.base}
             atomic_write_text(state_path, json.dumps(state))
         upload_id = state["uploadId"]
         bar = progress_bar(size, offset, os.path.basename(path)) if show_progress else None
         try:
-            delay = self.backoff
             failures = 0
+            timeout = self._timeout()
             while offset < size:
                 end = min(offset + chunk_size, size) - 1
                 try:
@@ -199,32 +295,40 @@ class OtaClient:
                                          headers={"Authorization": f"Bearer {self.token()}",
                                                   "Content-Type": "application/octet-stream",
                                                   "Content-Range": f"bytes {offset}-{end}/{size}"},
-                                         timeout=self.timeout)
-                except (requests.ConnectionError, requests.Timeout) as exc:
-                    resp = None  # type: ignore[assignment]
-                    err = type(exc).__name__
-                if resp is not None and resp.status_code in (200, 409) and "offset" in (resp.json() or {}):
-                    offset = int(resp.json()["offset"])
-                    failures, delay = 0, self.backoff
-                    if bar is not None:
-                        bar.n = offset
-                        bar.refresh()
-                    continue
-                if resp is not None and resp.status_code not in RETRY_STATUSES:
-                    raise ServerError(f"PUT {base}/…: HTTP {resp.status_code}: {_message(resp)}")
+                                         timeout=timeout)
+                except requests.exceptions.SSLError as exc:
+                    raise _tls_failure(f"PUT {base}/…", self.base, exc) from None
+                except TRANSPORT_ERRORS as exc:
+                    problem = self._describe(exc, timeout)
+                except requests.RequestException as exc:
+                    raise ServerError(f"PUT {base}/…: {self.base}: {type(exc).__name__}") from None
+                else:
+                    doc = _json_body(resp)
+                    if resp.status_code in (200, 409) and isinstance(doc, dict) and "offset" in doc:
+                        offset = int(doc["offset"])
+                        failures = 0
+                        if bar is not None:
+                            bar.n = offset
+                            bar.refresh()
+                        continue
+                    if resp.status_code not in RETRY_STATUSES:
+                        raise ServerError(f"PUT {base}/…: {_message(resp, self.base)}")
+                    problem = f"HTTP {resp.status_code} from {self.base}"
                 failures += 1
-                if failures > self.retries:
-                    raise ServerError(f"upload of {path} interrupted at byte {offset} of {size}; run the same "
-                                      f"command again to resume")
-                log.warning("upload interrupted (%s); resuming in %.1fs", err if resp is None else
-                            f"HTTP {resp.status_code}", delay)
+                if failures > self.settings.retries:
+                    raise ServerError(f"upload of {path} interrupted at byte {offset} of {size} ({problem}); run "
+                                      f"the same command again to resume")
+                delay = self.settings.delay(failures - 1)
+                log.warning("upload of %s interrupted at byte %d of %d (%s); retry %d of %d in %g s", path, offset,
+                            size, problem, failures, self.settings.retries, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                offset = int(self.request("GET", f"{base}/{upload_id}").json()["offset"])
+                offset = int(self.request_json("GET", f"{base}/{upload_id}", keys=("offset",))["offset"])
         finally:
             if bar is not None:
                 bar.close()
-        sha = self.request("POST", f"{base}/{upload_id}/complete").json()["value"]
+        # the server verifies the whole image before it answers: give it time for that
+        sha = self.request_json("POST", f"{base}/{upload_id}/complete", keys=("value",),
+                                timeout=self._timeout(size / VERIFY_BYTES_PER_SECOND))["value"]
         try:
             os.unlink(state_path)
         except FileNotFoundError:
@@ -244,9 +348,9 @@ class OtaClient:
         return None
 
     def move_to_repository(self, sha256: str) -> str:
-        """Publish an uploaded binary; returns its URL."""
-        return self.request("POST", f"/v1/ota/partners/{self.partner}/binaries/moveToRepository",
-                            json={"value": sha256}).json()["value"]
+        """Publish an uploaded binary; returns its URL (retried like a GET: publishing twice is harmless)."""
+        return self.request_json("POST", f"/v1/ota/partners/{self.partner}/binaries/moveToRepository",
+                                 retry_safe=True, keys=("value",), json={"value": sha256})["value"]
 
     # ------------------------------------------------------------------ firmware images
     def is_associated(self, device_type: str, ota_type: int, version_number: str) -> bool:
@@ -257,16 +361,17 @@ class OtaClient:
 
     def associate(self, device_type: str, record: Dict[str, Any]) -> Dict[str, Any]:
         """Associate the record with the device type; returns the image (its ``id`` is the imageId)."""
-        return self.request("POST", f"/v1/ota/partners/{self.partner}/deviceTypes/{device_type}/firmwareImages",
-                            ok=(201,), json=record).json()
+        return self.request_json("POST", f"/v1/ota/partners/{self.partner}/deviceTypes/{device_type}/firmwareImages",
+                                 ok=(201,), keys=("id",), json=record)
 
     def list_images(self, device_type: str, ota_type: int, page_size: int = 100) -> List[Dict[str, Any]]:
         """Every image of the device type, over all pages."""
         out: List[Dict[str, Any]] = []
         page = 0
         while True:
-            doc = self.request("GET", f"/v1/ota/partners/{self.partner}/deviceTypes/{device_type}/firmwareImages/"
-                                      f"types/{ota_type}", params={"page": page, "size": page_size}).json()
+            doc = self.request_json("GET", f"/v1/ota/partners/{self.partner}/deviceTypes/{device_type}/"
+                                           f"firmwareImages/types/{ota_type}", keys=("content",),
+                                    params={"page": page, "size": page_size})
             out.extend(doc.get("content", []))
             page += 1
             if page >= int(doc.get("totalPages", 0)) or not doc.get("content"):
@@ -281,10 +386,10 @@ class OtaClient:
             body["devices"] = list(devices)
         if group:
             body["group"] = group
-        resp = self.request("PUT", f"/v1/ota/partners/{self.partner}/deviceTypes/{device_type}/firmwareImages/"
-                                   f"{image_id}/push", ok=(202,), json=body)
-        return int(resp.json().get("devices", len(devices)))
+        doc = self.request_json("PUT", f"/v1/ota/partners/{self.partner}/deviceTypes/{device_type}/firmwareImages/"
+                                       f"{image_id}/push", ok=(202,), keys=(), json=body)
+        return int(doc.get("devices", len(devices))) if isinstance(doc, dict) else len(devices)
 
     def devices(self) -> List[Dict[str, Any]]:
         """The partner's devices and their last reported state."""
-        return self.request("GET", f"/v1/ota/partners/{self.partner}/devices").json()
+        return self.request_json("GET", f"/v1/ota/partners/{self.partner}/devices")

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from .config import DEFAULT_CONFIG_NAME, load_config
+from .config import DEFAULT_CONFIG_NAME, NETWORK_HELP, check_server_url, load_config
 from .errors import OtaError, ServerError, UsageError
 
 
@@ -224,6 +224,10 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from .pack import pack
 
     server = args.server or os.environ.get("OTA_PACKAGE_SERVER") or os.environ.get("OTA_SERVER")
+    if server and not args.no_upload:
+        setting = "--server" if args.server else "OTA_PACKAGE_SERVER" if os.environ.get("OTA_PACKAGE_SERVER") \
+            else "OTA_SERVER"
+        check_server_url(server, setting)
     token = os.environ.get("OTA_TOKEN")
     if args.token_file:
         try:
@@ -315,7 +319,8 @@ def add_server_commands(sub: Any) -> None:
 
     p = sub.add_parser("upload", help="upload and register an image on the OTA server",
                        description="Upload hub_update.bin (resumable, with retries), publish it, set the record's "
-                                   "url and associate it with the config's device type.")
+                                   "url and associate it with the config's device type.",
+                       epilog=NETWORK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _conf_option(p)
     p.add_argument("-r", "--record", default=".", help="the OTA record file or its directory (default: .)")
     p.add_argument("-i", "--image", help="image to upload (default: the config's imageFiles A)")
@@ -323,13 +328,15 @@ def add_server_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_upload)
 
     p = sub.add_parser("list", help="list the images on the OTA server",
-                       description="List the config's device type's images (all pages).")
+                       description="List the config's device type's images (all pages).",
+                       epilog=NETWORK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _conf_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("deploy", help="push an image to devices or a group",
-                       description="Push an image (id from 'list') to one or more devices and/or a group.")
+                       description="Push an image (id from 'list') to one or more devices and/or a group.",
+                       epilog=NETWORK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _conf_option(p)
     p.add_argument("-i", "--image-id", required=True, help="image id (from 'ota-build list')")
     p.add_argument("-d", "--device", action="append", help="deviceId (repeatable)")
@@ -337,7 +344,8 @@ def add_server_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("devices", help="show devices and their update state",
-                       description="Show the partner's devices and the last state each reported.")
+                       description="Show the partner's devices and the last state each reported.",
+                       epilog=NETWORK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _conf_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_devices)

@@ -100,11 +100,12 @@ def script(name: str) -> List[str]:
     return [sys.executable, "-m", module]
 
 
-def run_cli(name: str, *args: str, cwd=None, env=None, check=None) -> subprocess.CompletedProcess:
-    """Run a console script as a user would, capturing text output."""
+def run_cli(name: str, *args: str, cwd=None, env=None, check=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a console script as a user would, capturing text output (killed after ``timeout`` seconds)."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    proc = subprocess.run(script(name) + list(args), cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(script(name) + list(args), cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
     if check is not None:
         assert proc.returncode == check, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
     return proc

@@ -44,6 +44,11 @@ BAD = [
     ({"nmae": "typo"}, "field 'nmae': is not a known field"),
     ({"type": "5"}, "field 'type': must be of type integer, got string"),
     ({"version": ""}, "field 'version': must not be empty"),
+    ({"partnerId": "../../x"}, "field 'partnerId': '../../x' does not match the pattern"),
+    ({"partnerId": ".."}, "field 'partnerId': '..' does not match the pattern"),
+    ({"deviceTypeId": "a b"}, "field 'deviceTypeId': 'a b' does not match the pattern"),
+    ({"deviceTypeId": "x?y=1"}, "field 'deviceTypeId'"),
+    ({"server": "ftp://ota"}, "field 'server'"),
 ]
 
 
@@ -55,6 +60,15 @@ def test_invalid_config_names_field(tmp_path, backend, changes, message):
         load_config(str(path), env={}, schema_backend=backend)
     assert str(exc.value).startswith(str(path) + ": ")
     assert message in str(exc.value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("value", ["", "4f7de484-b438-578d-90a7-422104d5120i", "p-1a2b:dev_type.2~x"])
+def test_ids_that_fit_a_url_path_segment(tmp_path, backend, value):
+    """Empty (the layer's config: not known yet), the seed's ids, and what the server's admin accepts."""
+    path = write_config(tmp_path, partnerId=value, deviceTypeId=value)
+    cfg = load_config(str(path), env={}, schema_backend=backend)
+    assert (cfg.partner_id, cfg.device_type_id) == (value, value)
 
 
 def test_both_backends_agree_on_valid_documents(seed_config):

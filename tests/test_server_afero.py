@@ -353,7 +353,7 @@ def test_client_errors_are_one_line(partner, tmp_path):
     assert "wrong-password-123" not in proc.stderr + proc.stdout
     assert p.secrets["auth-string"] not in proc.stderr + proc.stdout
     proc = run_cli("partner-ota-hub-deploy", "-c", str(p.conf), "--list",
-                   env={**p.env, "OTA_SERVER": "http://127.0.0.1:9", "OTA_RETRIES": "1"})
+                   env={**p.env, "OTA_SERVER": "http://127.0.0.1:9", "OTA_RETRIES": "0"})
     assert_one_line_error(proc, 3, "cannot reach")
     proc = run_cli("partner-ota-hub-deploy", "-c", str(p.conf), "-d", "x", "-i", "abc", env=p.env)
     assert_one_line_error(proc, 2, "imageId")
