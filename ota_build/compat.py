@@ -58,7 +58,11 @@ def uploader_main(argv: Optional[Sequence[str]] = None) -> int:
             cfg = load_config(args.conf)
             if not cfg.server:  # offline: id and versionNumber derived locally (docs/record.md)
                 path = create_record_file(args.conf, args.buildNum, args.debug, args.s, None, None, None, False)
-                print(f"OTA record written to {path}")
+                from .record import load_record
+
+                number = load_record(path)["versionNumber"]
+                print(f"OTA record written to {path} (offline: no server configured; versionNumber {number} "
+                      "derived from the version and build number, registered by --uploadOTAImage)")
                 return 0
             from .deploy import register_record
 
@@ -72,9 +76,12 @@ def uploader_main(argv: Optional[Sequence[str]] = None) -> int:
         if args.uploadOTAImage:
             from .deploy import locate_record, resolve_image, upload_image
 
+            from .version import parse_build_number, version_string
+
             cfg = _require_server(args.conf)
+            expected = version_string(cfg.version, parse_build_number(args.buildNum), args.debug)
             record_path = locate_record(record_output_path(None, args.s))
-            print(upload_image(cfg, record_path, resolve_image(cfg)).summary())
+            print(upload_image(cfg, record_path, resolve_image(cfg), expected_version=expected).summary())
             return 0
         raise UsageError("nothing to do: give --createOTARecord or --uploadOTAImage")
 
@@ -115,7 +122,8 @@ def deploy_main(argv: Optional[Sequence[str]] = None) -> int:
             from .client import OtaClient
 
             cfg.require("deviceTypeId")
-            print(format_table(OtaClient(cfg).list_images(cfg.device_type_id, cfg.ota_type)))
+            print(format_table(OtaClient(cfg).list_images(cfg.device_type_id, cfg.ota_type), cfg.partner_id,
+                               cfg.device_type_id, cfg.ota_type))
             return 0
         deploy(cfg, args.image_id, args.device or [], args.group)
         print("Request accepted for processing")

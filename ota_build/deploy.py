@@ -77,10 +77,17 @@ class UploadResult:
 
 
 def upload_image(cfg: OtaConfig, record_path: str, image_path: str, client: Optional[OtaClient] = None,
-                 show_progress: bool = True) -> UploadResult:
-    """Upload the image, move it to the repository, set the record's url and associate it."""
+                 show_progress: bool = True, expected_version: Optional[str] = None) -> UploadResult:
+    """Upload the image, move it to the repository, set the record's url and associate it.
+
+    ``expected_version``: the version the caller's options give (``-n``/``-d``
+    of the seed's uploader, which must match those of ``--createOTARecord``);
+    a record of another version is refused before anything is sent."""
     cfg.require("deviceTypeId")
     record = load_record(record_path)
+    if expected_version is not None and record["version"] != expected_version:
+        raise RecordError(f"{record_path}: the record is version {record['version']}, but these options give "
+                          f"{expected_version}: use the same -n/-d as for --createOTARecord")
     if record["version"] != cfg.version and not str(record["version"]).startswith(cfg.version + "."):
         raise RecordError(f"{record_path}: version {record['version']} is not a build of the config's "
                           f"version {cfg.version}")
@@ -98,7 +105,7 @@ def upload_image(cfg: OtaConfig, record_path: str, image_path: str, client: Opti
         log.info("registered the offline record %s %s (versionNumber %s) on the server", record["name"],
                  record["version"], record["versionNumber"])
     if client.is_associated(cfg.device_type_id, int(record["type"]), str(record["versionNumber"])):
-        log.warning("versionNumber %s is already uploaded and associated; nothing to do", record["versionNumber"])
+        log.info("versionNumber %s is already uploaded and associated; nothing to do", record["versionNumber"])
         return UploadResult(record, "", record.get("url", ""), None, already=True)
     sha = client.upload_binary(image_path, show_progress=show_progress)
     url = client.move_to_repository(sha)
@@ -114,13 +121,22 @@ def upload_image(cfg: OtaConfig, record_path: str, image_path: str, client: Opti
     return UploadResult(record, sha, url, image)
 
 
-def format_table(images: List[Dict[str, Any]]) -> str:
-    """The seed's list table: Image Id, Version, Name, Description."""
-    lines = [f"{'Image Id':<10} {'Version':<16} {'Name':<36} Description"]
+def format_table(images: List[Dict[str, Any]], partner_id: Optional[str] = None,
+                 device_type_id: Optional[str] = None, ota_type: int = 5) -> str:
+    """The seed's list table (Image Id, Version, Name, Description, a dashed rule); with ``partner_id``
+    and ``device_type_id`` also the seed's heading and image count (``partner-ota-hub-deploy --list``)."""
+    name_width = max([21] + [len(str(img.get("name", ""))) for img in images])
+    row = "{:<10}  {:<15}  {:<%d}  {}" % name_width
+    lines = [row.format("Image Id", "Version", "Name", "Description").rstrip(),
+             row.format("-" * 10, "-" * 15, "-" * name_width, "-" * 30)]
     for img in images:
-        lines.append(f"{str(img.get('id', '')):<10} {str(img.get('version', '')):<16} "
-                     f"{str(img.get('name', '')):<36} {img.get('description', '') or ''}")
-    return "\n".join(lines)
+        lines.append(row.format(str(img.get("id", "")), str(img.get("version", "")), str(img.get("name", "")),
+                                img.get("description", "") or "").rstrip())
+    if partner_id is None:
+        return "\n".join(lines)
+    kind = "HUB" if ota_type == 5 else "DEVICE"
+    return "\n".join([f"----  List of {kind} FULL OTA images ----", "", f"partnerId   : {partner_id}",
+                      f"deviceTypeId: {device_type_id}", "", f"Total Number of Images: {len(images)}"] + lines)
 
 
 def deploy(cfg: OtaConfig, image_id: str, devices: List[str], group: Optional[str] = None,

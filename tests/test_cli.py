@@ -40,10 +40,12 @@ def test_uploader_seed_flags(seed_config, tmp_path):
     proc = run_cli("partner-ota-hub-uploader", "-h", check=0)
     for flag in ("-c", "--conf", "-d", "-s", "-n", "--buildNum", "--createOTARecord", "--uploadOTAImage"):
         assert flag in proc.stdout
-    run_cli("partner-ota-hub-uploader", "-c", str(seed_config), "-d", "-s", "-n", "2", "--createOTARecord",
-            cwd=tmp_path, check=0)
+    proc = run_cli("partner-ota-hub-uploader", "-c", str(seed_config), "-d", "-s", "-n", "2", "--createOTARecord",
+                   cwd=tmp_path, check=0)
     rec = json.loads((tmp_path / "full_ota_record.json").read_text())
     assert rec["version"] == "1.0.2d"
+    # no server configured: the user is told the record is offline, and its versionNumber
+    assert "offline" in proc.stdout and str(rec["versionNumber"]) in proc.stdout
     (tmp_path / "full_ota_record.json").unlink()
     run_cli("partner-ota-hub-uploader", "--conf", str(seed_config), "--debug", "-s", "--buildNum", "3",
             "--createOTARecord", cwd=tmp_path, check=0)

@@ -85,16 +85,26 @@ def test_seed_tools_end_to_end(partner, keys):
     assert not (p.dir / "hub_update.bin.upload").exists()
     record = json.loads((p.dir / "full_ota_record.json").read_text())
     assert "/repository/" in record["url"]
-    # a second upload is a no-op
+    # a second upload is a no-op, said once
     proc = run_cli("partner-ota-hub-uploader", "-c", str(p.conf), "-s", "-n", "42", "--uploadOTAImage",
                    cwd=p.dir, env=p.env, check=0)
-    assert "already uploaded" in proc.stdout
+    assert "already uploaded" in proc.stdout and "already uploaded" not in proc.stderr
+    # other -n/-d than --createOTARecord's: refused, nothing sent
+    for flags in (["-n", "43"], ["-n", "42", "-d"]):
+        proc = run_cli("partner-ota-hub-uploader", "-c", str(p.conf), "-s", *flags, "--uploadOTAImage",
+                       cwd=p.dir, env=p.env)
+        assert_one_line_error(proc, 2, "1.0.42", "same -n/-d")
 
     proc = run_cli("partner-ota-hub-deploy", "-c", str(p.conf), "--list", env=p.env, check=0)
     lines = proc.stdout.splitlines()
-    assert lines[0].split() == ["Image", "Id", "Version", "Name", "Description"]
-    assert len(lines) == 2 and "1.0.42" in lines[1] and "Potenco-test" in lines[1]
-    image_id = lines[1].split()[0]
+    # the seed's listing: heading, partnerId, deviceTypeId, count, table with a dashed rule
+    assert lines[0] == "----  List of HUB FULL OTA images ----"
+    assert lines[2].split(":", 1)[1].strip() == p.partner_id and lines[3].split(":", 1)[1].strip() == p.device_type
+    assert lines[5] == "Total Number of Images: 1"
+    assert lines[6].split() == ["Image", "Id", "Version", "Name", "Description"]
+    assert set(lines[7].replace(" ", "")) == {"-"}
+    assert len(lines) == 9 and "1.0.42" in lines[8] and "Potenco-test" in lines[8]
+    image_id = lines[8].split()[0]
 
     token = p.device("dev-1")
     dev = f"{p.server.url}/v1/devices/dev-1"
@@ -197,7 +207,9 @@ def test_list_every_page(partner, keys):
     images = client.list_images(p.device_type, 5, page_size=2)
     assert [img["version"] for img in images] == [f"1.0.{i}" for i in range(5)]
     proc = run_cli("ota-build", "list", "-c", str(p.conf), env=p.env, check=0)
-    assert len(proc.stdout.splitlines()) == 6
+    assert len(proc.stdout.splitlines()) == 7  # header, rule, 5 images
+    proc = run_cli("partner-ota-hub-deploy", "-c", str(p.conf), "-l", env=p.env, check=0)
+    assert "Total Number of Images: 5" in proc.stdout and len(proc.stdout.splitlines()) == 13
 
 
 def test_group_and_many_devices(partner, keys):
