@@ -26,12 +26,13 @@ from .version import parse_build_number, parse_version_number
 
 log = logging.getLogger("ota_build")
 
-EXIT_CODES_HELP = """exit codes:
+EXIT_CODES_COMMON_HELP = """exit codes:
   0   success
   1   general failure (I/O, an external tool failed)
   2   usage error or invalid input (config, record, key, option)
   3   the OTA server refused the request or could not be reached
-  10  verify: corrupt (bad magic or header, payload digest mismatch)
+"""
+EXIT_CODES_HELP = EXIT_CODES_COMMON_HELP + """  10  verify: corrupt (bad magic or header, payload digest mismatch)
   11  verify: truncated
   12  verify: bad signature
   13  verify: unknown key (signed by a key that is not trusted)

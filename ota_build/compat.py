@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .cli import EXIT_CODES_HELP, _Parser, create_record_file, record_output_path, run_main, setup_logging
+from .cli import EXIT_CODES_COMMON_HELP, _Parser, create_record_file, record_output_path, run_main, setup_logging
 from .config import DEFAULT_CONFIG_NAME, NETWORK_HELP, OtaConfig, load_config
 from .errors import ServerError, UsageError
 from .record import find_record
@@ -33,7 +33,7 @@ def uploader_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="partner-ota-hub-uploader",
                 description="Create the OTA record before the build (--createOTARecord), then upload the "
                             "packaged image after it (--uploadOTAImage). Use the same options for both calls.",
-                epilog=EXIT_CODES_HELP + "\n" + NETWORK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+                epilog=EXIT_CODES_COMMON_HELP + "\n" + NETWORK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--conf", default=DEFAULT_CONFIG_NAME, metavar="CONFIG_FILE",
                    help=f"configuration file (default: ./{DEFAULT_CONFIG_NAME})")
     p.add_argument("-d", "--debug", action="store_true", help="debug build: append 'd' to the version string")
@@ -93,7 +93,7 @@ def deploy_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="partner-ota-hub-deploy",
                 description="List the OTA images of the config's partner and device type (--list), or push "
                             "one image to a device (-d DEVICE -i IMAGEID).",
-                epilog=EXIT_CODES_HELP + "\n" + NETWORK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+                epilog=EXIT_CODES_COMMON_HELP + "\n" + NETWORK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--conf", default=DEFAULT_CONFIG_NAME, metavar="CONFIG_FILE",
                    help=f"configuration file (default: ./{DEFAULT_CONFIG_NAME})")
     p.add_argument("-l", "--list", action="store_true", help="list the uploaded OTA images; deploys nothing")

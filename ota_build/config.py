@@ -136,6 +136,10 @@ _WAITS = " s, ".join(f"{_DEFAULTS.delay(n):g}" for n in range(3))
 
 NETWORK_HELP = f"""OTA server connection (environment):
   OTA_SERVER           server base URL, http(s)://host[:port] (overrides the config's 'server')
+  OTA_USERNAME, OTA_USERPW, OTA_AUTH_STRING
+                       the account's secrets (override a credentials file and the config)
+  OTA_CREDENTIALS_FILE JSON file with username, userpw, auth-string (mode 0600; written by
+                       'ota-build admin partner --credentials-out')
   OTA_CONNECT_TIMEOUT  seconds to wait for a connection (default: {_DEFAULTS.connect_timeout:g})
   OTA_READ_TIMEOUT     seconds to wait for the server's answer (default: {_DEFAULTS.read_timeout:g})
   OTA_RETRIES          how often a failed call is retried (default: {_DEFAULTS.retries}); the waits between

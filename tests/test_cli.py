@@ -40,6 +40,11 @@ def test_uploader_seed_flags(seed_config, tmp_path):
     proc = run_cli("partner-ota-hub-uploader", "-h", check=0)
     for flag in ("-c", "--conf", "-d", "-s", "-n", "--buildNum", "--createOTARecord", "--uploadOTAImage"):
         assert flag in proc.stdout
+    for tool in ("partner-ota-hub-uploader", "partner-ota-hub-deploy"):
+        text = run_cli(tool, "-h", check=0).stdout
+        for env in ("OTA_SERVER", "OTA_USERNAME", "OTA_USERPW", "OTA_AUTH_STRING", "OTA_CREDENTIALS_FILE"):
+            assert env in text, (tool, env)
+        assert "verify:" not in text  # these tools never return the verify codes
     proc = run_cli("partner-ota-hub-uploader", "-c", str(seed_config), "-d", "-s", "-n", "2", "--createOTARecord",
                    cwd=tmp_path, check=0)
     rec = json.loads((tmp_path / "full_ota_record.json").read_text())
