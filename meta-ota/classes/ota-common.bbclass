@@ -51,8 +51,11 @@ OTA_VALUE_VARS = "OTA_BUILD_NUMBER OTA_DEBUG OTA_VERSION_NUMBER OTA_TYPE OTA_DEV
 OTA_PATH_VARS = "OTA_CONFIG OTA_SIGNING_KEY OTA_SIGNING_PUBLIC_KEY OTA_DEV_KEY_DIR OTA_RECORD_PREMADE \
                  OTA_SIGNING_KEY_FILE OTA_PUBLIC_KEY_FILE OTA_LAYERDIR OTA_SOURCE_DIR OTA_CREDENTIALS_FILE TOPDIR TMPDIR"
 # Secrets: read from the environment at task time only, never from the datastore
-# into a signature, a log or the task's run script.
-OTA_SECRET_ENV_VARS = "OTA_KEY_PASSWORD OTA_USERNAME OTA_USERPW OTA_AUTH_STRING OTA_CREDENTIALS_FILE OTA_SERVER"
+# into a signature, a log or the task's run script. The upload's network settings
+# (OTA_CONNECT_TIMEOUT, OTA_READ_TIMEOUT, OTA_RETRIES) travel the same way: they
+# change how long an upload waits, never an output, so they stay out of signatures.
+OTA_SECRET_ENV_VARS = "OTA_KEY_PASSWORD OTA_USERNAME OTA_USERPW OTA_AUTH_STRING OTA_CREDENTIALS_FILE OTA_SERVER \
+                       OTA_CONNECT_TIMEOUT OTA_READ_TIMEOUT OTA_RETRIES"
 OTA_FILE_CHECKSUMS = "${@' '.join(p + ':False' for p in (d.getVar(v) for v in ('OTA_CONFIG', 'OTA_SIGNING_KEY_FILE', 'OTA_PUBLIC_KEY_FILE', 'OTA_RECORD_PREMADE')) if p)}"
 OTA_NATIVE_DEPENDS = "ota-build-native:do_populate_sysroot python3-native:do_populate_sysroot openssl-native:do_populate_sysroot"
 
