@@ -13,7 +13,8 @@ from .client import OtaClient
 from .config import OtaConfig
 from .errors import RecordError, ServerError, UsageError
 from .package import inspect_file
-from .record import RECORD_NAME, find_record, load_record, write_record
+from .record import load_record, write_record
+from .record import locate_record as _locate_record
 from .version import parse_build_number, version_string
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,8 @@ def register_record(cfg: OtaConfig, build_number: str, debug: bool, path: str,
 
 
 def locate_record(path_or_dir: str) -> str:
-    """The record file at ``path_or_dir`` (a file, or a directory holding one)."""
-    if os.path.isdir(path_or_dir):
-        found = find_record(path_or_dir)
-        if not found:
-            raise RecordError(f"{path_or_dir}: no {RECORD_NAME}: run --createOTARecord first")
-        return found
-    if not os.path.exists(path_or_dir):
-        raise RecordError(f"{path_or_dir}: no OTA record: run --createOTARecord first")
-    return path_or_dir
+    """The record file at ``path_or_dir`` (a file, or a directory holding one) for an upload."""
+    return _locate_record(path_or_dir, "run --createOTARecord first")
 
 
 def resolve_image(cfg: OtaConfig, image: Optional[str] = None) -> str:

@@ -95,12 +95,24 @@ def find_record(directory: str) -> Optional[str]:
     return None
 
 
+def locate_record(path_or_dir: str, hint: str = "") -> str:
+    """The record file at ``path_or_dir``: the file itself, or the record (either spelling) in a directory.
+
+    ``hint`` is appended to the error when there is none (e.g. "run --createOTARecord first")."""
+    suffix = f": {hint}" if hint else ""
+    if os.path.isdir(path_or_dir):
+        found = find_record(path_or_dir)
+        if not found:
+            raise RecordError(f"{path_or_dir}: no {RECORD_NAME} (or full-ota-record.json) in this directory{suffix}")
+        return found
+    if not os.path.exists(path_or_dir):
+        raise RecordError(f"{path_or_dir}: no OTA record{suffix}")
+    return path_or_dir
+
+
 def load_record(path: str) -> Record:
     """Read and validate a record file; a directory is searched for either name."""
     if os.path.isdir(path):
-        found = find_record(path)
-        if not found:
-            raise RecordError(f"{path}: no {RECORD_NAME} (or full-ota-record.json) in this directory")
-        path = found
+        path = locate_record(path)
     doc = load_validated(path, "full_ota_record", "OTA record", RecordError)
     return doc
