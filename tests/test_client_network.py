@@ -84,7 +84,8 @@ def silent() -> Iterator[SilentServer]:
 class LosingProxy:
     """An HTTP proxy on 127.0.0.1 in front of ``upstream``: it passes every request on and the answer back,
     except for the first request whose ``"METHOD path"`` matches ``lose`` (a regex): that one the server
-    carries out, but its answer never reaches the client (as when a connection breaks at the wrong moment)."""
+    carries out, but its answer never reaches the client (as when a connection breaks at the wrong moment).
+    Requests are parsed by the standard library's ``http.server``."""
 
     def __init__(self, upstream: str, lose: str) -> None:
         host, port = upstream.split("//", 1)[1].split(":")
@@ -92,62 +93,48 @@ class LosingProxy:
         self.lose: Optional[str] = lose
         self.seen: List[str] = []
         self.lost: List[str] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.05)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        proxy = self
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the client uses it
 
-    def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(60)
-        buf = b""
-        with conn:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = lines[0].split(" ", 2)
-                headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:]]
-                length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
-                while len(buf) < length:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                body, buf = buf[:length], buf[length:]
-                request = f"{method} {path}"
-                self.seen.append(request)
-                up = http.client.HTTPConnection(*self.upstream, timeout=60)
-                up.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-                for key, value in headers:
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                request = f"{self.command} {self.path}"
+                proxy.seen.append(request)
+                up = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+                up.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for key, value in self.headers.items():
                     up.putheader(key, value)
                 up.endheaders(body)
                 resp = up.getresponse()
                 payload = resp.read()
                 up.close()
-                if self.lose and re.fullmatch(self.lose, request):
-                    self.lose = None
-                    self.lost.append(request)
-                    conn.recv(1)  # the server did it; the client hears nothing until it gives up and hangs up
+                if proxy.lose and re.fullmatch(proxy.lose, request):
+                    proxy.lose = None
+                    proxy.lost.append(request)
+                    self.connection.recv(1)  # the server did it; the client hears nothing until it hangs up
+                    self.close_connection = True
                     return
-                out = [f"HTTP/1.1 {resp.status} {resp.reason}"]
-                out += [f"{k}: {v}" for k, v in resp.getheaders()
-                        if k.lower() not in ("content-length", "transfer-encoding", "connection")]
-                out += [f"Content-Length: {len(payload)}", "", ""]
-                conn.sendall("\r\n".join(out).encode("latin-1") + payload)
+                self.send_response_only(resp.status, resp.reason)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+        self._thread.start()
 
     def count(self, pattern: str) -> int:
         """How many requests matching ``pattern`` reached the proxy."""
@@ -155,9 +142,9 @@ class LosingProxy:
 
     def close(self) -> None:
         """Stop accepting connections."""
-        self._stop.set()
+        self.server.shutdown()
         self._thread.join()
-        self.sock.close()
+        self.server.server_close()
 
 
 @pytest.fixture
