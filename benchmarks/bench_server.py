@@ -143,12 +143,12 @@ def parallel_curl(urls_headers: List[Tuple[str, List[str]]]) -> Tuple[float, int
 
 def setup_image(work: Path, data: Path, url: str, size_mib: int, clients: int,
                 database_url: Optional[str]) -> Tuple[List[Tuple[str, str]], Path, str]:
-    from ota_build.client import OtaClient
-    from ota_build.config import Credentials, OtaConfig
-    from ota_build.package import package_image
+    from ota_build.partner.client import OtaClient
+    from ota_build.core.config import Credentials, OtaConfig
+    from ota_build.core.package import package_image
     from ota_build.server import admin
     from ota_build.server.db import open_database
-    from ota_build.signing import generate_key, make_signer
+    from ota_build.core.signing import generate_key, make_signer
 
     db = open_database(str(data), database_url)
     creds = admin.create_partner(db, "bench@example.com", partner_id="bench")

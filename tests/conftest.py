@@ -12,7 +12,7 @@ from typing import Dict, List
 
 import pytest
 
-from ota_build.signing import generate_key
+from ota_build.core.signing import generate_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,7 +96,7 @@ def script(name: str) -> List[str]:
     found = shutil.which(name)
     if found:
         return [found]
-    module = {"ota-build": "ota_build.cli", "partner-ota-hub-uploader": "ota_build.compat"}[name]
+    module = {"ota-build": "ota_build.cli.build", "partner-ota-hub-uploader": "ota_build.cli.compat"}[name]
     return [sys.executable, "-m", module]
 
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ota_build.cli import build_parser
-from ota_build.compat import deploy_parser, uploader_parser
+from ota_build.cli.build import build_parser
+from ota_build.cli.compat import deploy_parser, uploader_parser
 
 from .conftest import assert_one_line_error, run_cli, write_config
 

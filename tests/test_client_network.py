@@ -22,9 +22,9 @@ from typing import Iterator, List, Optional, Tuple
 import pytest
 import requests
 
-from ota_build.client import OtaClient
-from ota_build.config import NetworkSettings, load_config
-from ota_build.errors import ServerError
+from ota_build.partner.client import OtaClient
+from ota_build.core.config import NetworkSettings, load_config
+from ota_build.core.errors import ServerError
 
 from .conftest import SEED_CONFIG, assert_one_line_error, run_cli, write_config
 from .serverutil import free_port
@@ -198,7 +198,7 @@ def test_post_is_retried_when_it_cannot_have_been_sent(seed_config, caplog):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
     cfg = load_config(str(seed_config), env={"OTA_SERVER": url})
     client = OtaClient(cfg, NetworkSettings(connect_timeout=1, read_timeout=1, retries=2, backoff=0.05))
-    with caplog.at_level(logging.WARNING, logger="ota_build.client"):
+    with caplog.at_level(logging.WARNING, logger="ota_build.partner.client"):
         with pytest.raises(ServerError, match=r"POST /v1/anything: cannot reach .*refused \(3 attempts\)"):
             client.request("POST", "/v1/anything", auth=False)
     retries = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

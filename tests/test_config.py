@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from ota_build.config import load_config
-from ota_build.errors import ConfigError
-from ota_build.schema import jsonschema_available, load_schema, validate
+from ota_build.core.config import load_config
+from ota_build.core.errors import ConfigError
+from ota_build.core.schema import jsonschema_available, load_schema, validate
 
 from .conftest import assert_one_line_error, run_cli, write_config
 
@@ -144,7 +144,7 @@ def test_packaged_schemas_use_only_keywords_the_builtin_validator_knows():
     """The build-time fallback must understand every schema we ship (checked, not assumed)."""
     from importlib import resources
 
-    from ota_build.schema import SUPPORTED_KEYWORDS
+    from ota_build.core.schema import SUPPORTED_KEYWORDS
 
     names = [p.name[: -len(".schema.json")] for p in resources.files("ota_build").joinpath("schemas").iterdir()
              if p.name.endswith(".schema.json")]

@@ -14,15 +14,15 @@ from typing import Any, Dict, List
 import pytest
 import requests
 
-from ota_build.config import load_config
+from ota_build.core.config import load_config
 from ota_build.device.agent import Agent
 from ota_build.device.config import load_agent_config
 from ota_build.device.localapi import LocalApi
-from ota_build.errors import ConfigError
-from ota_build.package import package_image
-from ota_build.record import new_record, write_record
-from ota_build.sample import make_sample_rootfs
-from ota_build.signing import make_signer
+from ota_build.core.errors import ConfigError
+from ota_build.core.package import package_image
+from ota_build.core.record import new_record, write_record
+from ota_build.cli.sample import make_sample_rootfs
+from ota_build.core.signing import make_signer
 
 from .conftest import run_cli
 from .serverutil import Partner

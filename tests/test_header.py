@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ota_build import header as hdr
-from ota_build.errors import CorruptError, TruncatedError
+from ota_build.core import header as hdr
+from ota_build.core.errors import CorruptError, TruncatedError
 
 
 def make(**kw) -> hdr.Header:

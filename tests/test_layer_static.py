@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import ota_build
-from ota_build.config import load_config
+from ota_build.core.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYER = ROOT / "meta-ota"

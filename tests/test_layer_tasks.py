@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from ota_build.package import verify_file
-from ota_build.signing import Keyring, generate_key
+from ota_build.core.package import verify_file
+from ota_build.core.signing import Keyring, generate_key
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYER = ROOT / "meta-ota"

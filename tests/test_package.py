@@ -8,12 +8,12 @@ import shutil
 
 import pytest
 
-from ota_build.errors import (BadSignatureError, CorruptError, DowngradeError, TruncatedError, UnknownKeyError,
+from ota_build.core.errors import (BadSignatureError, CorruptError, DowngradeError, TruncatedError, UnknownKeyError,
                               VerifyError, WrongTypeError)
-from ota_build.errors import UsageError
-from ota_build.package import inspect_file, package_image, verify_file
-from ota_build.sample import make_sample_rootfs
-from ota_build.signing import Keyring, make_signer
+from ota_build.core.errors import UsageError
+from ota_build.core.package import inspect_file, package_image, verify_file
+from ota_build.cli.sample import make_sample_rootfs
+from ota_build.core.signing import Keyring, make_signer
 
 from .conftest import ALGORITHMS, assert_one_line_error, run_cli
 
@@ -236,7 +236,7 @@ def test_check_integrity_without_a_key(keys, image, tmp_path):
     """What the server checks when a partner registered no key: structure, length, payload digest."""
     import hashlib
 
-    from ota_build.package import check_integrity, file_sha256
+    from ota_build.core.package import check_integrity, file_sha256
 
     out = tmp_path / "hub_update.bin"
     pack(keys, "ed25519", image, out)

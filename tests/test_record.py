@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ota_build.config import load_config
-from ota_build.errors import RecordError, UsageError
-from ota_build.record import dumps, load_record, new_record
-from ota_build.version import derive_version_number, version_string
+from ota_build.core.config import load_config
+from ota_build.core.errors import RecordError, UsageError
+from ota_build.core.record import dumps, load_record, new_record
+from ota_build.core.version import derive_version_number, version_string
 
 from .conftest import assert_one_line_error, run_cli, write_config
 

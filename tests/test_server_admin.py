@@ -53,7 +53,7 @@ def test_partner_credentials_out(tmp_path):  # noqa: ANN001
     assert_one_line_error(again, 2, "--credentials-out")
     assert json.loads(creds.read_text()) == secrets
     # the file is what the tools read through OTA_CREDENTIALS_FILE, as written
-    from ota_build.config import load_config
+    from ota_build.core.config import load_config
 
     from .conftest import write_config
 

@@ -13,10 +13,10 @@ from typing import Dict
 
 import requests
 
-from ota_build.client import OtaClient
-from ota_build.config import load_config
-from ota_build.package import package_image
-from ota_build.signing import make_signer
+from ota_build.partner.client import OtaClient
+from ota_build.core.config import load_config
+from ota_build.core.package import package_image
+from ota_build.core.signing import make_signer
 
 from .conftest import assert_one_line_error, run_cli
 from .serverutil import Partner

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse
 from starlette.routing import Route
 
-from ota_build.server.app import RangeFileResponse
+from ota_build.server.responses import RangeFileResponse
 
 SIZES = {"empty": 0, "one": 1, "page": 4097, "chunks": 2 * RangeFileResponse.chunk_size + 12345}
 

@@ -27,7 +27,7 @@ def test_committed_openapi_is_current(server):
 def test_no_debug_and_loopback_by_default(server):
     resp = requests.get(server.url + "/no/such/path")
     assert resp.status_code == 404 and "Traceback" not in resp.text
-    from ota_build.cli import build_parser
+    from ota_build.cli.build import build_parser
 
     args = build_parser().parse_args(["serve"])
     assert args.host == "127.0.0.1"

@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 
-from ota_build.errors import KeyError_, SigningError
-from ota_build.header import SigAlg
-from ota_build.package import package_image, verify_file
-from ota_build.signing import (CommandSigner, Keyring, OpenSSLSigner, generate_key, load_public_key, make_signer,
+from ota_build.core.errors import KeyError_, SigningError
+from ota_build.core.header import SigAlg
+from ota_build.core.package import package_image, verify_file
+from ota_build.core.signing import (CommandSigner, Keyring, OpenSSLSigner, generate_key, load_public_key, make_signer,
                                verify_signature)
 
 from .conftest import assert_one_line_error, run_cli

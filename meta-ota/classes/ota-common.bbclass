@@ -75,7 +75,7 @@ def ota_library(d):
         module = importlib.util.module_from_spec(spec)
         sys.modules["ota_build"] = module
         spec.loader.exec_module(module)
-        import ota_build.config, ota_build.version  # noqa: F401
+        import ota_build.core.config, ota_build.core.version  # noqa: F401
     except Exception:
         sys.modules.pop("ota_build", None)
         return None
@@ -112,9 +112,9 @@ def ota_settings_problem(d):
     bb.parse.mark_dependency(d, config)
     if ota_library(d) is None:
         return None, None
-    from ota_build.config import load_config
-    from ota_build.errors import OtaError
-    from ota_build.version import derive_version_number, parse_build_number, parse_version_number
+    from ota_build.core.config import load_config
+    from ota_build.core.errors import OtaError
+    from ota_build.core.version import derive_version_number, parse_build_number, parse_version_number
     blame = "OTA_CONFIG"
     try:
         cfg = load_config(config, env={})
@@ -145,7 +145,7 @@ def ota_secret_env(d):
     return env
 ota_secret_env[vardepsexclude] = "BB_ORIGENV ${OTA_SECRET_ENV_VARS}"
 
-def ota_run(d, args, blame, module="ota_build.cli", secrets=None, cwd=None):
+def ota_run(d, args, blame, module="ota_build.cli.build", secrets=None, cwd=None):
     """Run the ota_build library from the native sysroot. The logged command
     line never holds a secret; secrets only go into the child's environment.
     On failure, stop the task with the library's one-line error, prefixed by

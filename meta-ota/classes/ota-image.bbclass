@@ -119,7 +119,7 @@ python do_ota_upload() {
     args = ["-c", d.getVar("OTA_CONFIG"), "-n", d.getVar("OTA_BUILD_NUMBER"), "-s", "--uploadOTAImage"]
     if d.getVar("OTA_DEBUG") == "1":
         args.insert(4, "-d")
-    ota_run(d, args, "OTA_UPLOAD", module="ota_build.compat", secrets=ota_secret_env(d), cwd=workdir)
+    ota_run(d, args, "OTA_UPLOAD", module="ota_build.cli.compat", secrets=ota_secret_env(d), cwd=workdir)
 }
 do_ota_upload[network] = "1"
 do_ota_upload[doc] = "Uploads the OTA image and its record to the OTA service (OTA_UPLOAD = 1)"

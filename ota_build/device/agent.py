@@ -24,13 +24,13 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from ..errors import OtaError, ServerError, VerifyError
-from ..fsutil import atomic_write_bytes, atomic_write_text
-from ..package import file_sha256, verify_file
-from ..record import load_record
-from ..signing import Keyring
-from .config import AgentConfig
-from .installers import InstallError, make_installer
+from ota_build.core.errors import OtaError, ServerError, VerifyError
+from ota_build.core.files import atomic_write_bytes, atomic_write_text
+from ota_build.core.package import file_sha256, verify_file
+from ota_build.core.record import load_record
+from ota_build.core.signing import Keyring
+from ota_build.device.config import AgentConfig
+from ota_build.device.installers import InstallError, make_installer
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ import sys
 import threading
 from typing import Optional, Sequence
 
-from ..cli import EXIT_CODES_HELP, _Parser, run_main, setup_logging
-from .agent import Agent
-from .config import load_agent_config
-from .localapi import LocalApi
+from ota_build.core.cliutil import EXIT_CODES_HELP, Parser, run_main, setup_logging
+from ota_build.device.agent import Agent
+from ota_build.device.config import load_agent_config
+from ota_build.device.localapi import LocalApi
 
 DEFAULT_CONFIG = "/etc/ota-agent.json"
 log = logging.getLogger(__name__)
@@ -29,12 +29,12 @@ log = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ota-agent`` parser."""
-    p = _Parser(prog="ota-agent", description="Device OTA agent: checks the OTA service for an update, downloads it "
+    p = Parser(prog="ota-agent", description="Device OTA agent: checks the OTA service for an update, downloads it "
                 "(resuming), verifies the signed header, installs it (command or A/B slots) and reports.",
                 epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"agent configuration (default: {DEFAULT_CONFIG})")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     sub.add_parser("once", help="check once and install an update if there is one")
     sub.add_parser("run", help="poll forever and serve the local API on loopback")

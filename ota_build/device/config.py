@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
-from ..errors import ConfigError
-from ..schema import load_schema, load_validated, validate
+from ota_build.core.errors import ConfigError
+from ota_build.core.schema import load_schema, load_validated, validate
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
-from ..errors import OtaError
-from ..fsutil import atomic_write_text
+from ota_build.core.errors import OtaError
+from ota_build.core.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Tuple
 
-from ..errors import ConfigError, OtaError
-from .agent import Agent
+from ota_build.core.errors import ConfigError, OtaError
+from ota_build.device.agent import Agent
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

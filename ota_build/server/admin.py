@@ -16,11 +16,11 @@ from typing import Dict, List, Optional
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from ..errors import UsageError
-from . import auth
-from .db import Database
-from .models import Device, DeviceType, Partner, PartnerKey, Token
-from .storage import key_id_of_pem
+from ota_build.core.errors import UsageError
+from ota_build.server import auth
+from ota_build.server.db import Database
+from ota_build.server.models import Device, DeviceType, Partner, PartnerKey, Token
+from ota_build.server.storage import key_id_of_pem
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 

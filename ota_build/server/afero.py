@@ -20,12 +20,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from ..errors import OtaError
-from . import auth
-from .auth import Principal, authenticate, require_partner
-from .models import (Binary, Deployment, Device, DeviceType, FirmwareImage, OtaRecord, Partner, PartnerKey, Token,
+from ota_build.core.errors import OtaError
+from ota_build.server import auth
+from ota_build.server.auth import Principal, authenticate, require_partner
+from ota_build.server.responses import RangeFileResponse
+from ota_build.server.models import (Binary, Deployment, Device, DeviceType, FirmwareImage, OtaRecord, Partner, PartnerKey, Token,
                      UploadSession, utcnow)
-from .storage import TooLarge, discard, verify_image
+from ota_build.server.storage import TooLarge, discard, verify_image
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["afero"])
@@ -368,7 +369,7 @@ async def complete_upload(request: Request, partnerId: str = PartnerId, uploadId
         fd, tmp = storage.temp_file()
         os.close(fd)
         os.replace(part, tmp)  # claim the bytes; a second complete finds nothing
-        from ..package import file_sha256
+        from ota_build.core.package import file_sha256
 
         try:
             sha = file_sha256(tmp)
@@ -409,7 +410,6 @@ def repository_file(request: Request, partnerId: str = PartnerId,
                     sha256: str = Path(..., pattern=r"^[0-9a-f]{64}$"),
                     principal: Principal = Depends(authenticate)) -> Response:
     """Download a stored image (partner token)."""
-    from .app import RangeFileResponse
 
     with _db(request).session() as s:
         partner = _partner(s, principal, partnerId)

@@ -18,7 +18,7 @@ from typing import Optional
 from fastapi import HTTPException, Request
 from sqlalchemy import select
 
-from .models import Device, Partner, Token, utcnow
+from ota_build.server.models import Device, Partner, Token, utcnow
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
 ACCESS_TOKEN_SECONDS = 3600

@@ -13,9 +13,10 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import or_, select
 
-from .afero import REPO_URL_RE
-from .auth import Principal, authenticate, require_device
-from .models import Binary, Deployment, Device, FirmwareImage, OtaRecord, utcnow
+from ota_build.server.afero import REPO_URL_RE
+from ota_build.server.auth import Principal, authenticate, require_device
+from ota_build.server.responses import RangeFileResponse
+from ota_build.server.models import Binary, Deployment, Device, FirmwareImage, OtaRecord, utcnow
 
 router = APIRouter(tags=["device"])
 DeviceId = Path(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", description="deviceId")
@@ -99,7 +100,6 @@ def check_update(request: Request, deviceId: str = DeviceId, type: int = Query(5
 def download_image(request: Request, deviceId: str = DeviceId, imageId: int = Path(..., ge=1, le=2 ** 62),
                    principal: Principal = Depends(authenticate)) -> Response:
     """The hub_update.bin of an image pushed to this device; supports ``Range`` (206) to resume."""
-    from .app import RangeFileResponse
 
     s, dev = _device(request, principal, deviceId)
     with s:

@@ -13,7 +13,7 @@ from typing import Any, Dict
 
 def openapi_document() -> Dict[str, Any]:
     """The OpenAPI document of the application (built over a throw-away data directory)."""
-    from .app import Settings, create_app
+    from ota_build.server.app import Settings, create_app
 
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app(Settings(data_dir=tmp))

@@ -23,9 +23,11 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
-from .auth import Principal, authenticate, require_partner
-from .models import Package, PackageOwner
-from .storage import TooLarge, check_name, discard
+from ota_build.server.auth import Principal, authenticate, require_partner
+from ota_build.server.responses import RangeFileResponse
+from ota_build.server.models import Package, PackageOwner
+from ota_build.core.names import check_name
+from ota_build.server.storage import TooLarge, discard
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["packages (seed 001)"])
@@ -302,7 +304,6 @@ async def upload(request: Request, file: Optional[UploadFile] = File(None), cont
 
 
 def _send(request: Request, package: str, branch: str, filename: str) -> Response:
-    from .app import RangeFileResponse
 
     try:
         check_name(package, "package")

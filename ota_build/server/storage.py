@@ -22,13 +22,13 @@ import tempfile
 from pathlib import Path
 from typing import AsyncIterator, Iterable, Optional, Tuple
 
-from ..fsutil import _fsync_dir
-from ..header import Header
-from ..package import check_integrity, verify_file
-from ..signing import Keyring, public_key_from_pem
+from ota_build.core.files import _fsync_dir
+from ota_build.core.header import Header
+from ota_build.core.names import check_name
+from ota_build.core.package import check_integrity, verify_file
+from ota_build.core.signing import Keyring, public_key_from_pem
 
 CHUNK = 1024 * 1024
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 
 
 
@@ -62,13 +62,6 @@ class _Sink:
 class TooLarge(Exception):
     """The body exceeds the configured size limit."""
 
-
-def check_name(value: str, field: str) -> str:
-    """Return ``value`` if it is a safe path component, else raise ValueError naming ``field``."""
-    if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
-        raise ValueError(f"field '{field}': must be 1-100 characters of A-Z a-z 0-9 . _ + - "
-                         f"(not starting with a dot, no '..')")
-    return value
 
 
 class Storage:

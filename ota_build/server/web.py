@@ -17,16 +17,16 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
-from .auth import principal_for
-from .models import Binary, FirmwareImage, OtaRecord, Package
-from .packages import store_package
+from ota_build.server.auth import principal_for
+from ota_build.server.models import Binary, FirmwareImage, OtaRecord, Package
+from ota_build.server.packages import store_package
 
 router = APIRouter(tags=["web"])
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 
 
 def _page_data(request: Request) -> Dict[str, Any]:
-    from .afero import REPO_URL_RE
+    from ota_build.server.afero import REPO_URL_RE
 
     with request.app.state.db.session() as s:
         images: List[Dict[str, Any]] = []

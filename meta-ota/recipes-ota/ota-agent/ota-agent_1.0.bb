@@ -26,6 +26,10 @@ SYSTEMD_SERVICE:${PN} = "ota-agent.service"
 INITSCRIPT_NAME = "ota-agent"
 INITSCRIPT_PARAMS = "defaults 95"
 
+# The parts of ota_build that run on the device (checked by tests/test_architecture.py).
+OTA_DEVICE_PARTS = "core device"
+OTA_DEVICE_PARTS[doc] = "Sub-packages of ota_build installed on the device: the core and the agent."
+
 do_configure[noexec] = "1"
 
 python do_compile() {
@@ -52,9 +56,13 @@ do_compile[file-checksums] += "${OTA_CONFIG}:False"
 
 do_install() {
     install -d ${D}${PYTHON_SITEPACKAGES_DIR} ${D}${bindir} ${D}${sysconfdir}/ota ${D}${localstatedir}/lib/ota-agent
-    cp -R --no-preserve=ownership ${S}/ota_build ${D}${PYTHON_SITEPACKAGES_DIR}/
-    # The device needs neither the server nor the build-side upload client.
-    rm -rf ${D}${PYTHON_SITEPACKAGES_DIR}/ota_build/server
+    # Exactly the device side: the package marker, core/ and device/ (docs/architecture.md).
+    # Not cli/, partner/ or server/: build-host, partner and service code stay off the device.
+    install -d ${D}${PYTHON_SITEPACKAGES_DIR}/ota_build
+    install -m 0644 ${S}/ota_build/__init__.py ${D}${PYTHON_SITEPACKAGES_DIR}/ota_build/
+    for part in ${OTA_DEVICE_PARTS}; do
+        cp -R --no-preserve=ownership ${S}/ota_build/$part ${D}${PYTHON_SITEPACKAGES_DIR}/ota_build/
+    done
     find ${D}${PYTHON_SITEPACKAGES_DIR}/ota_build -name __pycache__ -prune -exec rm -rf {} +
     cat > ${D}${bindir}/ota-agent <<EOS
 #!/usr/bin/env python3

@@ -26,9 +26,9 @@ do_install() {
     cp -R --no-preserve=ownership ${S} ${D}${datadir}/ota-build/ota_build
     find ${D}${datadir}/ota-build -name __pycache__ -prune -exec rm -rf {} +
     find ${D}${datadir}/ota-build -name '*.pyc' -delete
-    for tool in ota-build:ota_build.cli:main \
-                partner-ota-hub-uploader:ota_build.compat:uploader_main \
-                partner-ota-hub-deploy:ota_build.compat:deploy_main; do
+    for tool in ota-build:ota_build.cli.build:main \
+                partner-ota-hub-uploader:ota_build.cli.compat:uploader_main \
+                partner-ota-hub-deploy:ota_build.cli.compat:deploy_main; do
         name=${tool%%:*}
         target=${tool#*:}
         cat > ${D}${bindir}/$name <<EOS

@@ -9,13 +9,13 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from .client import OtaClient
-from .config import OtaConfig
-from .errors import RecordError, ServerError, UsageError
-from .package import inspect_file
-from .record import load_record, write_record
-from .record import locate_record as _locate_record
-from .version import parse_build_number, version_string
+from ota_build.partner.client import OtaClient
+from ota_build.core.config import OtaConfig
+from ota_build.core.errors import RecordError, ServerError, UsageError
+from ota_build.core.package import inspect_file
+from ota_build.core.record import load_record, write_record
+from ota_build.core.record import locate_record as _locate_record
+from ota_build.core.version import parse_build_number, version_string
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from typing import Optional
 
-from .errors import UsageError
+from ota_build.core.errors import UsageError
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from .errors import CorruptError, TruncatedError
+from ota_build.core.errors import CorruptError, TruncatedError
 
 MAGIC = b"MOTA"
 FORMAT_VERSION = 1

@@ -9,17 +9,20 @@ says ``full-ota-record.json``. We write the former and read either.
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from .config import OtaConfig
-from .errors import RecordError
-from .fsutil import atomic_write_text
-from .schema import load_schema, load_validated, validate
-from .version import resolve_version_number, version_string
+from ota_build.core.config import OtaConfig, load_config
+from ota_build.core.errors import RecordError, UsageError
+from ota_build.core.files import atomic_write_text
+from ota_build.core.schema import load_schema, load_validated, validate
+from ota_build.core.version import parse_build_number, resolve_version_number, version_string
+
+log = logging.getLogger(__name__)
 
 RECORD_NAME = "full_ota_record.json"
 RECORD_NAMES = (RECORD_NAME, "full-ota-record.json")
@@ -116,3 +119,32 @@ def load_record(path: str) -> Record:
         path = locate_record(path)
     doc = load_validated(path, "full_ota_record", "OTA record", RecordError)
     return doc
+
+
+def record_output_path(output: Optional[str], skip_tmpdir: bool) -> str:
+    """Where a new record goes: -o PATH, -s (current directory) or BitBake's TMPDIR."""
+    if output:
+        return os.path.join(output, RECORD_NAME) if os.path.isdir(output) else output
+    if skip_tmpdir:
+        return os.path.join(os.getcwd(), RECORD_NAME)
+    from ota_build.core.bbenv import find_tmpdir
+
+    return os.path.join(find_tmpdir(), RECORD_NAME)
+
+
+def create_record_file(conf: str, build_number: str, debug: bool, skip_tmpdir: bool,
+                       output: Optional[str], version_number: Optional[str], credentials: Optional[str],
+                       force: bool) -> str:
+    """Shared by ``ota-build record`` and ``partner-ota-hub-uploader --createOTARecord``."""
+    cfg = load_config(conf, credentials)
+    number = parse_build_number(build_number)
+    path = record_output_path(output, skip_tmpdir)
+    existing = path if os.path.exists(path) else None
+    if existing is None and os.path.basename(path) == RECORD_NAME:
+        existing = find_record(os.path.dirname(path) or ".")
+    if existing and not force:
+        raise UsageError(f"{existing}: an OTA record already exists (remove it, or use --force to replace it)")
+    record = new_record(cfg, number, debug, version_number=version_number)
+    write_record(record, path)
+    log.info("wrote %s (version %s, versionNumber %s)", path, record["version"], record["versionNumber"])
+    return path

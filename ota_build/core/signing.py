@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from .errors import BadSignatureError, KeyError_, SigningError, UnknownKeyError
-from .fsutil import atomic_write_bytes
-from .header import SigAlg
+from ota_build.core.errors import BadSignatureError, KeyError_, SigningError, UnknownKeyError
+from ota_build.core.files import atomic_write_bytes
+from ota_build.core.header import SigAlg
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ import time
 import urllib.request
 from typing import Any, Dict, Optional
 
-from .errors import OtaError
-from .fsutil import atomic_write_text
-from .record import new_record, write_record
-from .sample import make_sample_rootfs
+from ota_build.core.errors import OtaError
+from ota_build.core.files import atomic_write_text
+from ota_build.core.record import new_record, write_record
+from ota_build.cli.sample import make_sample_rootfs
 
 SAMPLE_CONFIG = {
     "Comments": "Sample configuration written by 'ota-build demo' (secrets are in credentials.json)",
@@ -139,7 +139,7 @@ class Demo:
     def make_device(self, url: str, device_type: str, token: str, pub: str, conf: str) -> str:
         root = os.path.join(self.workdir, "device")
         os.makedirs(os.path.join(root, "etc"), exist_ok=True)
-        from .config import load_config
+        from ota_build.core.config import load_config
 
         factory = new_record(load_config(conf, env={}), 1, version_number=0)
         write_record(factory, os.path.join(root, "etc", "full_ota_record.json"))

@@ -23,8 +23,9 @@ from typing import Any, Dict, List, Optional, Set
 
 import requests
 
-from .errors import ServerError, UsageError
-from .fsutil import atomic_open, atomic_write_text
+from ota_build.core.errors import ServerError, UsageError
+from ota_build.core.names import check_name
+from ota_build.core.files import atomic_open, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,6 @@ class OwnOutputs:
 
     def is_pack_zip(self, name: Optional[str]) -> bool:
         """Whether ``name`` is ``<package>-<branch>-<version>.zip`` with a valid version."""
-        from .server.storage import check_name
 
         if not (self.prefix and name and name.startswith(self.prefix) and name.endswith(".zip")):
             return False
@@ -159,7 +159,6 @@ def pack(folder: str, package: str, branch: str, version: str, output: Optional[
     With ``upload``, a missing ``server`` (ServerError, exit 3) or ``token`` (UsageError, exit 2) is refused
     before anything is written. ``server`` also fills content.json's ``remote``.
     """
-    from .server.storage import check_name
 
     for value, field in ((package, "--package"), (branch, "--branch"), (version, "--version")):
         try:

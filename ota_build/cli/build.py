@@ -2,7 +2,7 @@
 
 Subcommands: record, keygen, package, verify, inspect, demo, and (server_cli.py)
 serve, admin, upload, list, deploy, devices, pack. Exit codes are
-listed in ``ota_build.errors`` and docs/exit-codes.md; every failure is one line
+listed in ``ota_build.core.errors`` and docs/exit-codes.md; every failure is one line
 on stderr, never a traceback (``--debug`` shows one).
 """
 
@@ -13,93 +13,19 @@ import json
 import logging
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
-from . import __version__
-from .config import DEFAULT_CONFIG_NAME, load_config
-from .errors import OtaError, UsageError, VerifyError
-from .fsutil import atomic_write_bytes
-from .package import inspect_file, package_image, verify_file
-from .record import RECORD_NAME, find_record, load_record, new_record, write_record
-from .signing import KEYGEN_ALGORITHMS, Keyring, generate_key, make_signer
-from .version import parse_build_number, parse_version_number
+from ota_build import __version__
+from ota_build.core.config import DEFAULT_CONFIG_NAME
+from ota_build.core.cliutil import EXIT_CODES_HELP, Parser, add_backend_option, run_main, setup_logging
+from ota_build.core.errors import UsageError
+from ota_build.core.files import atomic_write_bytes
+from ota_build.core.package import inspect_file, package_image, verify_file
+from ota_build.core.record import create_record_file, load_record, record_output_path, write_record
+from ota_build.core.signing import KEYGEN_ALGORITHMS, Keyring, generate_key, make_signer
+from ota_build.core.version import parse_version_number
 
 log = logging.getLogger("ota_build")
-
-EXIT_CODES_COMMON_HELP = """exit codes:
-  0   success
-  1   general failure (I/O, an external tool failed)
-  2   usage error or invalid input (config, record, key, option)
-  3   the OTA server refused the request or could not be reached
-"""
-EXIT_CODES_HELP = EXIT_CODES_COMMON_HELP + """  10  verify: corrupt (bad magic or header, payload digest mismatch)
-  11  verify: truncated
-  12  verify: bad signature
-  13  verify: unknown key (signed by a key that is not trusted)
-  14  verify: wrong OTA type
-  15  verify: downgrade (versionNumber below --min-version-number)
-"""
-
-
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose usage errors exit 2 with one line plus usage."""
-
-    def error(self, message: str) -> "None":  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
-    """Log to stderr: warnings by default, info with -v, debug with -vv."""
-    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
-    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
-
-
-def run_main(func: Callable[[], int], prog: str, debug: bool = False) -> int:
-    """Run ``func``; turn OtaError into one stderr line and its exit code."""
-    try:
-        return func()
-    except OtaError as exc:
-        if debug:
-            raise
-        kind = f" ({exc.reason})" if isinstance(exc, VerifyError) else ""
-        print(f"{prog}: error{kind}: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 1
-
-
-def record_output_path(output: Optional[str], skip_tmpdir: bool) -> str:
-    """Where a new record goes: -o PATH, -s (current directory) or BitBake's TMPDIR."""
-    if output:
-        return os.path.join(output, RECORD_NAME) if os.path.isdir(output) else output
-    if skip_tmpdir:
-        return os.path.join(os.getcwd(), RECORD_NAME)
-    from .bbenv import find_tmpdir
-
-    return os.path.join(find_tmpdir(), RECORD_NAME)
-
-
-def create_record_file(conf: str, build_number: str, debug: bool, skip_tmpdir: bool,
-                       output: Optional[str], version_number: Optional[str], credentials: Optional[str],
-                       force: bool) -> str:
-    """Shared by ``ota-build record`` and ``partner-ota-hub-uploader --createOTARecord``."""
-    cfg = load_config(conf, credentials)
-    number = parse_build_number(build_number)
-    path = record_output_path(output, skip_tmpdir)
-    existing = path if os.path.exists(path) else None
-    if existing is None and os.path.basename(path) == RECORD_NAME:
-        existing = find_record(os.path.dirname(path) or ".")
-    if existing and not force:
-        raise UsageError(f"{existing}: an OTA record already exists (remove it, or use --force to replace it)")
-    record = new_record(cfg, number, debug, version_number=version_number)
-    write_record(record, path)
-    log.info("wrote %s (version %s, versionNumber %s)", path, record["version"], record["versionNumber"])
-    return path
-
 
 # --------------------------------------------------------------------------- subcommands
 
@@ -189,8 +115,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_agent_config(args: argparse.Namespace) -> int:
-    from .device.config import build_agent_config
-    from .fsutil import atomic_write_text
+    from ota_build.device.config import build_agent_config
+    from ota_build.core.files import atomic_write_text
 
     doc = build_agent_config(args.server, args.device_type, args.public_key, ota_type=args.type, slots=args.slot,
                              boot_variable=args.boot_variable, boot_values=args.boot_value,
@@ -202,7 +128,7 @@ def cmd_agent_config(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ota_build.cli.demo import run_demo
 
     return run_demo(args.workdir, offline=args.offline)
 
@@ -213,9 +139,7 @@ def add_signing_options(p: argparse.ArgumentParser) -> None:
     """Options that choose the signer."""
     p.add_argument("--key", "-k", metavar="PEM", help="private signing key (PEM: Ed25519, ECDSA P-256 or RSA); "
                    "an encrypted key's password is read from OTA_KEY_PASSWORD")
-    p.add_argument("--backend", choices=("auto", "cryptography", "openssl"), default="auto",
-                   help="signing back-end: the cryptography library or the openssl command (default: auto, "
-                        "cryptography when installed)")
+    add_backend_option(p, "sign")
     p.add_argument("--sign-command", metavar="CMD", help="external signer (HSM, PKCS#11, signing service): a command that "
                    "reads the message on stdin (or from the file {in}) and prints the raw signature (or writes it to "
                    "{out}); needs --public-key")
@@ -224,13 +148,13 @@ def add_signing_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ota-build`` argument parser."""
-    parser = _Parser(prog="ota-build", description="Create, sign, verify and ship OTA images (hub_update.bin).",
+    parser = Parser(prog="ota-build", description="Create, sign, verify and ship OTA images (hub_update.bin).",
                      epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
     p = sub.add_parser("record", help="create the OTA record (full_ota_record.json)",
@@ -261,8 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", metavar="PATH", help="private key path (overrides PREFIX)")
     p.add_argument("--public", metavar="PATH", help="public key path (overrides PREFIX)")
     p.add_argument("--rsa-bits", type=int, default=3072, help="RSA modulus size (default: 3072)")
-    p.add_argument("--backend", choices=("auto", "cryptography", "openssl"), default="auto",
-                   help="generate with the cryptography library or the openssl command (default: auto)")
+    add_backend_option(p, "generate")
     p.add_argument("--force", action="store_true", help="overwrite existing key files")
     p.set_defaults(func=cmd_keygen)
 
@@ -271,8 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", "--key", required=True, metavar="PEM", help="private signing key (PEM); an encrypted key's "
                    "password is read from OTA_KEY_PASSWORD")
     p.add_argument("-o", "--output", metavar="PATH", help="write the public key to PATH (default: standard output)")
-    p.add_argument("--backend", choices=("auto", "cryptography", "openssl"), default="auto",
-                   help="read the key with the cryptography library or the openssl command (default: auto)")
+    add_backend_option(p, "read the key")
     p.set_defaults(func=cmd_pubkey)
 
     p = sub.add_parser("package", help="wrap an image into a signed hub_update.bin",
@@ -299,8 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--type", type=int, metavar="T", help="expected OTA type (e.g. 5)")
     p.add_argument("--min-version-number", metavar="N", help="refuse versionNumbers below N (downgrade)")
     p.add_argument("-x", "--extract", metavar="OUT", help="write the payload (without header) to OUT, atomically")
-    p.add_argument("--backend", choices=("auto", "cryptography", "openssl"), default="auto",
-                   help="verify with the cryptography library or the openssl command (default: auto)")
+    add_backend_option(p, "verify")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("inspect", help="print the header of a hub_update.bin",
@@ -337,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true", help="only the build side: no server, no device")
     p.set_defaults(func=cmd_demo)
 
-    from .server_cli import add_server_commands
+    from ota_build.cli.service import add_server_commands
 
     add_server_commands(sub)
     return parser

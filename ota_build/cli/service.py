@@ -9,8 +9,8 @@ import os
 import sys
 from typing import Any
 
-from .config import DEFAULT_CONFIG_NAME, NETWORK_HELP, check_server_url, load_config
-from .errors import OtaError, ServerError, UsageError
+from ota_build.core.config import DEFAULT_CONFIG_NAME, NETWORK_HELP, check_server_url, load_config
+from ota_build.core.errors import OtaError, ServerError, UsageError
 
 
 def _print_json(doc: Any) -> None:
@@ -32,7 +32,7 @@ def _open_db(args: argparse.Namespace, create: bool = True):  # noqa: ANN202
     try:
         from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-        from .server.db import default_database_url, open_database
+        from ota_build.server.db import default_database_url, open_database
     except ImportError as exc:  # pragma: no cover - the server extra is missing
         raise UsageError(f"the server needs the 'server' extra: pip install 'ota_build[server]' ({exc})") from None
     where = f"--data-dir {args.data_dir}"
@@ -121,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_admin(args: argparse.Namespace) -> int:
     """Partner accounts, device types, device tokens, keys."""
-    from .server import admin
+    from ota_build.server import admin
 
     password = None
     if args.admin_command == "partner":
@@ -139,7 +139,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
             if args.server_url:
                 doc["server"] = args.server_url
             if args.credentials_out:
-                from .fsutil import atomic_write_text
+                from ota_build.core.files import atomic_write_text
 
                 secrets = {k: doc.pop(k) for k in ("username", "userpw", "auth-string")}
                 atomic_write_text(args.credentials_out, json.dumps(secrets, indent=2) + "\n", mode=0o600)
@@ -168,7 +168,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 def cmd_upload(args: argparse.Namespace) -> int:
     """Upload, publish and associate an image (``--uploadOTAImage`` with explicit paths)."""
-    from .deploy import locate_record, resolve_image, upload_image
+    from ota_build.partner.flows import locate_record, resolve_image, upload_image
 
     cfg = _server_cfg(args)
     result = upload_image(cfg, locate_record(args.record), resolve_image(cfg, args.image),
@@ -179,8 +179,8 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """List the device type's images (every page)."""
-    from .client import OtaClient
-    from .deploy import format_table
+    from ota_build.partner.client import OtaClient
+    from ota_build.partner.flows import format_table
 
     cfg = _server_cfg(args)
     cfg.require("deviceTypeId")
@@ -194,7 +194,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Push an image to devices and/or a group."""
-    from .deploy import deploy
+    from ota_build.partner.flows import deploy
 
     if not args.device and not args.group:
         raise UsageError("give at least one -d DEVICE or -g GROUP")
@@ -206,7 +206,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     """The partner's devices and their last reported state."""
-    from .client import OtaClient
+    from ota_build.partner.client import OtaClient
 
     devices = OtaClient(_server_cfg(args)).devices()
     if args.json:
@@ -221,7 +221,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     """Zip a folder, write content.json with the real sha256, upload (seed 001) unless --no-upload."""
-    from .pack import pack
+    from ota_build.partner.pack import pack
 
     server = args.server or os.environ.get("OTA_PACKAGE_SERVER") or os.environ.get("OTA_SERVER")
     if server and not args.no_upload:

@@ -33,9 +33,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import requests
 from urllib3.exceptions import NewConnectionError
 
-from .config import NetworkSettings, OtaConfig
-from .errors import ServerError, UsageError
-from .fsutil import atomic_write_text
+from ota_build.core.config import NetworkSettings, OtaConfig
+from ota_build.core.errors import ServerError, UsageError
+from ota_build.core.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
-from .schema import load_validated, parse_json_file
+from ota_build.core.errors import ConfigError
+from ota_build.core.schema import load_validated, parse_json_file
 
 log = logging.getLogger(__name__)
 

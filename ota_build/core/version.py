@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from .errors import UsageError
+from ota_build.core.errors import UsageError
 
 MAX_VERSION_NUMBER = 2**64 - 1
 BUILD_LIMIT = 10**7

@@ -1,6 +1,6 @@
 """JSON Schema validation of ota_build's JSON inputs, with one-line errors.
 
-The schemas ship inside the package (``ota_build/schemas``). Validation uses
+The schemas ship inside the package (``ota_build/core/schemas``). Validation uses
 the ``jsonschema`` package when it is importable. Inside a BitBake build
 ``jsonschema`` is not available without rust-native (its native recipe pulls
 ``rpds-py``), so a small validator for exactly the keywords our schemas use
@@ -16,7 +16,7 @@ import re
 from importlib import resources
 from typing import Any, Dict, List, Optional, Sequence, Type
 
-from .errors import UsageError
+from ota_build.core.errors import UsageError
 
 JSON = Any
 
@@ -38,8 +38,8 @@ SUPPORTED_KEYWORDS = frozenset(
 
 
 def load_schema(name: str) -> Dict[str, JSON]:
-    """Return the packaged schema ``ota_build/schemas/<name>.schema.json``."""
-    text = resources.files("ota_build").joinpath("schemas", f"{name}.schema.json").read_text("utf-8")
+    """Return the packaged schema ``ota_build/core/schemas/<name>.schema.json``."""
+    text = resources.files("ota_build.core").joinpath("schemas", f"{name}.schema.json").read_text("utf-8")
     return json.loads(text)
 
 

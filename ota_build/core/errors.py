@@ -1,22 +1,28 @@
 """Exceptions with the process exit code each one maps to.
 
-Exit codes (documented in docs/exit-codes.md):
-
-====  =====================================================
-0     success
-1     general failure (I/O error, external tool failed)
-2     usage error or invalid input (config, record, key, option)
-3     the OTA server refused the request or could not be reached
-10    verify: corrupt file (bad magic, bad header, digest mismatch)
-11    verify: truncated file
-12    verify: bad signature
-13    verify: signed by a key that is not trusted
-14    verify: wrong OTA type
-15    verify: downgrade (versionNumber below the minimum)
-====  =====================================================
+``EXIT_CODES`` is the one table of exit codes: every command's ``--help``
+renders its part of it (``ota_build.core.cliutil``), and docs/exit-codes.md
+is checked against it by the tests.
 """
 
 from __future__ import annotations
+
+from typing import Dict
+
+#: exit code -> meaning, shared by every command (docs/exit-codes.md).
+EXIT_CODES: Dict[int, str] = {
+    0: "success",
+    1: "general failure (I/O, an external tool failed)",
+    2: "usage error or invalid input (config, record, key, option)",
+    3: "the OTA server refused the request or could not be reached",
+    10: "verify: corrupt (bad magic or header, payload digest mismatch)",
+    11: "verify: truncated",
+    12: "verify: bad signature",
+    13: "verify: unknown key (signed by a key that is not trusted)",
+    14: "verify: wrong OTA type",
+    15: "verify: downgrade (versionNumber below --min-version-number)",
+    130: "interrupted (Ctrl-C)",
+}
 
 
 class OtaError(Exception):

@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any, Callable, Mapping, Optional
 
-from . import header as hdr
-from .errors import CorruptError, DowngradeError, TruncatedError, UsageError, WrongTypeError
-from .fsutil import atomic_open
-from .signing import Keyring, Signer, verify_signature
+from ota_build.core import header as hdr
+from ota_build.core.errors import CorruptError, DowngradeError, TruncatedError, UsageError, WrongTypeError
+from ota_build.core.files import atomic_open
+from ota_build.core.signing import Keyring, Signer, verify_signature
 
 log = logging.getLogger(__name__)
 

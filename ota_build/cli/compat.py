@@ -15,10 +15,11 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .cli import EXIT_CODES_COMMON_HELP, _Parser, create_record_file, record_output_path, run_main, setup_logging
-from .config import DEFAULT_CONFIG_NAME, NETWORK_HELP, OtaConfig, load_config
-from .errors import ServerError, UsageError
-from .record import find_record
+from ota_build.core.cliutil import EXIT_CODES_COMMON_HELP, Parser, run_main, setup_logging
+from ota_build.core.record import create_record_file, record_output_path
+from ota_build.core.config import DEFAULT_CONFIG_NAME, NETWORK_HELP, OtaConfig, load_config
+from ota_build.core.errors import ServerError, UsageError
+from ota_build.core.record import find_record
 
 
 def _require_server(conf: str) -> OtaConfig:
@@ -30,7 +31,7 @@ def _require_server(conf: str) -> OtaConfig:
 
 def uploader_parser() -> argparse.ArgumentParser:
     """Parser of ``partner-ota-hub-uploader``."""
-    p = _Parser(prog="partner-ota-hub-uploader",
+    p = Parser(prog="partner-ota-hub-uploader",
                 description="Create the OTA record before the build (--createOTARecord), then upload the "
                             "packaged image after it (--uploadOTAImage). Use the same options for both calls.",
                 epilog=EXIT_CODES_COMMON_HELP + "\n" + NETWORK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,13 +59,13 @@ def uploader_main(argv: Optional[Sequence[str]] = None) -> int:
             cfg = load_config(args.conf)
             if not cfg.server:  # offline: id and versionNumber derived locally (docs/record.md)
                 path = create_record_file(args.conf, args.buildNum, args.debug, args.s, None, None, None, False)
-                from .record import load_record
+                from ota_build.core.record import load_record
 
                 number = load_record(path)["versionNumber"]
                 print(f"OTA record written to {path} (offline: no server configured; versionNumber {number} "
                       "derived from the version and build number, registered by --uploadOTAImage)")
                 return 0
-            from .deploy import register_record
+            from ota_build.partner.flows import register_record
 
             path = record_output_path(None, args.s)
             existing = path if os.path.exists(path) else find_record(os.path.dirname(path) or ".")
@@ -74,9 +75,9 @@ def uploader_main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"OTA record written to {path} (id {record['id']}, versionNumber {record['versionNumber']})")
             return 0
         if args.uploadOTAImage:
-            from .deploy import locate_record, resolve_image, upload_image
+            from ota_build.partner.flows import locate_record, resolve_image, upload_image
 
-            from .version import parse_build_number, version_string
+            from ota_build.core.version import parse_build_number, version_string
 
             cfg = _require_server(args.conf)
             expected = version_string(cfg.version, parse_build_number(args.buildNum), args.debug)
@@ -90,7 +91,7 @@ def uploader_main(argv: Optional[Sequence[str]] = None) -> int:
 
 def deploy_parser() -> argparse.ArgumentParser:
     """Parser of ``partner-ota-hub-deploy``."""
-    p = _Parser(prog="partner-ota-hub-deploy",
+    p = Parser(prog="partner-ota-hub-deploy",
                 description="List the OTA images of the config's partner and device type (--list), or push "
                             "one image to a device (-d DEVICE -i IMAGEID).",
                 epilog=EXIT_CODES_COMMON_HELP + "\n" + NETWORK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,10 +117,10 @@ def deploy_main(argv: Optional[Sequence[str]] = None) -> int:
         if not args.list and not ((args.device or args.group) and args.image_id):
             raise UsageError("give --list, or -d DEVICE (or -g GROUP) and -i IMAGEID")
         cfg = _require_server(args.conf)
-        from .deploy import deploy, format_table
+        from ota_build.partner.flows import deploy, format_table
 
         if args.list:
-            from .client import OtaClient
+            from ota_build.partner.client import OtaClient
 
             cfg.require("deviceTypeId")
             print(format_table(OtaClient(cfg).list_images(cfg.device_type_id, cfg.ota_type), cfg.partner_id,
