@@ -309,7 +309,7 @@ def test_native_recipe_install_gives_working_tools(tmp_path):
     script = re.sub(r"\$\{(D|S|datadir|bindir)\}", lambda m: values[m.group(1)], body)
     subprocess.run(["bash", "-euc", script], check=True)
     installed = prefix / "usr" / "share" / "ota-build" / "ota_build"
-    assert (installed / "cli.py").is_file() and (installed / "schemas").is_dir()
+    assert (installed / "cli" / "build.py").is_file() and (installed / "core" / "schemas").is_dir()
     assert not list(installed.rglob("__pycache__")) and not list(installed.rglob("*.pyc"))
     env = {"PATH": os.environ["PATH"], "OTA_PYTHON": sys.executable, "PYTHONNOUSERSITE": "1"}
     for tool in ("ota-build", "partner-ota-hub-uploader", "partner-ota-hub-deploy"):
@@ -321,3 +321,32 @@ def test_native_recipe_install_gives_working_tools(tmp_path):
                           capture_output=True, text=True, env=env, check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "r.json").read_text())["version"] == "0.1.3"
+
+
+def test_agent_recipe_install_ships_only_the_device_side(tmp_path):
+    """ota-agent's do_install, run by the shell as BitBake would: core/ and device/ only, and the agent runs."""
+    import subprocess
+    text = (LAYER / "recipes-ota" / "ota-agent" / "ota-agent_1.0.bb").read_text()
+    body = re.search(r"^do_install\(\) \{\n(.*?)^\}$", text, re.M | re.S).group(1)
+    parts = re.search(r'^OTA_DEVICE_PARTS = "([^"]*)"', text, re.M).group(1)
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "ota_build", src / "ota_build", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("ota-agent.service", "ota-agent.init"):
+        shutil.copy(LAYER / "recipes-ota" / "ota-agent" / "files" / name, src / name)
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "ota-agent.json").write_text("{}\n")
+    prefix = tmp_path / "image"
+    values = {"D": str(prefix), "S": str(src), "B": str(tmp_path / "build"), "OTA_DEVICE_PARTS": parts,
+              "PYTHON_SITEPACKAGES_DIR": "/usr/lib/python3/site-packages", "bindir": "/usr/bin", "sysconfdir": "/etc",
+              "localstatedir": "/var", "systemd_system_unitdir": "/lib/systemd/system"}
+    script = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], body)
+    subprocess.run(["bash", "-euc", script], check=True)
+    site = prefix / "usr/lib/python3/site-packages"
+    assert sorted(p.name for p in (site / "ota_build").iterdir()) == ["__init__.py", "core", "device"]
+    assert not list(site.rglob("__pycache__"))
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1"}
+    proc = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); "
+                           "import ota_build; assert ota_build.__file__.startswith(sys.path[0]); "
+                           "from ota_build.device.cli import main; sys.argv = ['ota-agent', '--help']; main()"],
+                          capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0 and "usage: ota-agent" in proc.stdout, proc.stderr
