@@ -26,6 +26,7 @@ from ota_build.server.auth import Principal, authenticate, require_partner
 from ota_build.server.models import Package
 from ota_build.server.responses import STATUS_OF_KIND, RangeFileResponse
 from ota_build.server.services import ServiceError
+from ota_build.server.services import version_key as version_key  # re-exported: benchmarks/bench_server.py uses it
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["packages (seed 001)"])

@@ -244,7 +244,7 @@ def accept_binary(s: Session, storage: Storage, partner_pk: int, tmp: str, sha: 
 def _link_records(s: Session, binary: Binary) -> None:
     """Link the partner's records whose URL names ``binary`` but that were written before it was stored."""
     rows = s.scalars(select(OtaRecord).where(OtaRecord.partner_pk == binary.partner_pk, OtaRecord.binary_pk.is_(None),
-                                             OtaRecord.url.like(f"%/repository/{binary.sha256}")))
+                                             OtaRecord.url.like(f"%/repository/{binary.sha256}"))).all()
     for rec in rows:
         if sha_of_url(rec.url) == binary.sha256:
             rec.binary_pk = binary.id
