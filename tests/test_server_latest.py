@@ -15,7 +15,8 @@ from sqlalchemy import event
 
 from ota_build.server.db import open_database
 from ota_build.server.models import Package
-from ota_build.server.packages import LatestVersions, latest_answer, version_key
+from ota_build.server.packages import LatestVersions, latest_answer
+from ota_build.server.services import version_key
 
 from .serverutil import PG_URL, drop_pg_database
 from .test_server_packages import a_zip, content_for, put

@@ -33,7 +33,7 @@ def test_unfinished_resumable_uploads_are_capped_and_expire(tmp_path):
 
     from sqlalchemy import update
 
-    from ota_build.server.afero import MAX_OPEN_UPLOADS, UPLOAD_SESSION_HOURS
+    from ota_build.server.services import MAX_OPEN_UPLOADS, UPLOAD_SESSION_HOURS
     from ota_build.server.db import open_database
     from ota_build.server.models import UploadSession
 

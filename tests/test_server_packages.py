@@ -10,7 +10,7 @@ import zipfile
 
 import requests
 
-from ota_build.server.packages import version_key
+from ota_build.server.services import version_key
 
 from .conftest import ROOT, assert_one_line_error, run_cli
 

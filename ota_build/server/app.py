@@ -19,6 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ota_build import __version__
 from ota_build.server.db import open_database
+from ota_build.server.responses import STATUS_OF_KIND
+from ota_build.server.services import ServiceError
 from ota_build.server.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,10 @@ def create_app(settings: Settings) -> FastAPI:
         for key, value in (getattr(exc, "headers", None) or {}).items():
             resp.headers[key] = value
         return resp
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return _error(STATUS_OF_KIND[exc.kind], exc.message, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

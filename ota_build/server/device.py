@@ -7,16 +7,16 @@ device-token``); a token only works for its own deviceId.
 from __future__ import annotations
 
 import re
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Tuple, Union
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import or_, select
 
-from ota_build.server.afero import REPO_URL_RE
+from ota_build.server import services
 from ota_build.server.auth import Principal, authenticate, require_device
+from ota_build.server.models import Device
 from ota_build.server.responses import RangeFileResponse
-from ota_build.server.models import Binary, Deployment, Device, FirmwareImage, OtaRecord, utcnow
 
 router = APIRouter(tags=["device"])
 DeviceId = Path(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", description="deviceId")
@@ -40,28 +40,6 @@ class StatusIn(BaseModel):
     message: str = Field("", max_length=500)
 
 
-def _deployed(s, dev: Device, ota_type: Optional[int] = None, image_id: Optional[int] = None):  # noqa: ANN001, ANN202
-    """Query of (image, record) pushed to ``dev`` or its group."""
-    targets = [Deployment.device_pk == dev.id]
-    if dev.group_name:
-        targets.append(Deployment.group_name == dev.group_name)
-    q = (select(FirmwareImage, OtaRecord).join(Deployment, Deployment.image_pk == FirmwareImage.id)
-         .join(OtaRecord, OtaRecord.id == FirmwareImage.record_pk)
-         .where(or_(*targets), FirmwareImage.device_type_pk == dev.device_type_pk))
-    if ota_type is not None:
-        q = q.where(FirmwareImage.ota_type == ota_type)
-    if image_id is not None:
-        q = q.where(FirmwareImage.id == image_id)
-    return q
-
-
-def _binary(s, rec: OtaRecord) -> Optional[Binary]:  # noqa: ANN001
-    m = REPO_URL_RE.search(rec.url or "")
-    if not m:
-        return None
-    return s.scalar(select(Binary).where(Binary.partner_pk == rec.partner_pk, Binary.sha256 == m.group(1)))
-
-
 def _device(request: Request, principal: Principal, device_id: str) -> Tuple[Any, Device]:
     require_device(principal, device_id)
     s = request.app.state.db.session()
@@ -79,18 +57,12 @@ def check_update(request: Request, deviceId: str = DeviceId, type: int = Query(5
     """The newest image pushed to this device (or its group) above ``versionNumber``, else 204."""
     s, dev = _device(request, principal, deviceId)
     with s:
-        row = s.execute(_deployed(s, dev, ota_type=type).where(FirmwareImage.version_number > versionNumber)
-                        .order_by(FirmwareImage.version_number.desc()).limit(1)).first()
-        if row is None:
+        found = services.update_for(s, dev, type, versionNumber)
+        if found is None:
             return Response(status_code=204)
-        img, rec = row
-        binary = _binary(s, rec)
-        if binary is None:
-            return Response(status_code=204)
+        img, rec, binary = found
         body = {"versionNumber": str(img.version_number), "version": rec.version, "imageId": str(img.id),
                 "size": binary.size, "sha256": binary.sha256, "url": f"/v1/devices/{deviceId}/images/{img.id}"}
-    from fastapi.responses import JSONResponse
-
     return JSONResponse(body)
 
 
@@ -103,8 +75,7 @@ def download_image(request: Request, deviceId: str = DeviceId, imageId: int = Pa
 
     s, dev = _device(request, principal, deviceId)
     with s:
-        row = s.execute(_deployed(s, dev, image_id=imageId).limit(1)).first()
-        binary = _binary(s, row[1]) if row else None
+        binary = services.deployed_binary(s, dev, imageId)
         if binary is None:
             raise HTTPException(404, f"image {imageId} was not deployed to {deviceId}")
         sha = binary.sha256
@@ -116,11 +87,8 @@ def download_image(request: Request, deviceId: str = DeviceId, imageId: int = Pa
 def report_status(request: Request, body: StatusIn, deviceId: str = DeviceId,
                   principal: Principal = Depends(authenticate)) -> Response:
     """Store the device's last state (shown on the web page and in the partner's device list)."""
+    text = str(body.versionNumber)  # the validator's digits ("" when the device sent none)
     s, dev = _device(request, principal, deviceId)
     with s:
-        dev.state = body.state
-        dev.state_version_number = str(body.versionNumber) or None
-        dev.state_message = body.message
-        dev.state_updated = utcnow()
-        s.commit()
+        services.report_status(s, dev, body.state, int(text) if text else None, body.message)
     return Response(status_code=204)

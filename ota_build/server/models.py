@@ -67,7 +67,7 @@ class Device(Base):
     device_id: Mapped[str] = mapped_column(String(128))
     group_name: Mapped[Optional[str]] = mapped_column(String(64), nullable=True, index=True)
     state: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)
-    state_version_number: Mapped[Optional[str]] = mapped_column(String(20), nullable=True)
+    state_version_number: Mapped[Optional[int]] = mapped_column(BigInteger, nullable=True)  # BigInteger since 0004
     state_message: Mapped[Optional[str]] = mapped_column(String(500), nullable=True)
     state_updated: Mapped[Optional[dt.datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
 
@@ -102,6 +102,8 @@ class OtaRecord(Base):
     url: Mapped[str] = mapped_column(String(1000), default="")
     url2: Mapped[str] = mapped_column(String(1000), default="")
     tags: Mapped[str] = mapped_column(Text, default="[]")  # JSON list
+    # the stored binary ``url`` names (migration 0004); set whenever ``url`` is, or when that binary arrives
+    binary_pk: Mapped[Optional[int]] = mapped_column(ForeignKey("binaries.id", name="fk_ota_records_binary_pk"), nullable=True)
     created_ms: Mapped[int] = mapped_column(BigInteger)
     updated_ms: Mapped[int] = mapped_column(BigInteger)
 

@@ -10,39 +10,26 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
-import zipfile
 import time
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Tuple
+from typing import IO, Any, Dict, List, Optional, Tuple
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import bindparam, select
-from sqlalchemy.exc import IntegrityError
 
-from ota_build.server.auth import Principal, authenticate, require_partner
-from ota_build.server.responses import RangeFileResponse
-from ota_build.server.models import Package, PackageOwner
 from ota_build.core.names import check_name
-from ota_build.server.storage import TooLarge, discard
+from ota_build.server import services
+from ota_build.server.auth import Principal, authenticate, require_partner
+from ota_build.server.models import Package
+from ota_build.server.responses import STATUS_OF_KIND, RangeFileResponse
+from ota_build.server.services import ServiceError
+from ota_build.server.services import version_key as version_key  # re-exported: benchmarks/bench_server.py uses it
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["packages (seed 001)"])
-
-REQUIRED_KEYS = ("package", "version", "branch", "local", "remote", "sha256", "BeforeUpdate", "AfterUpdate",
-                 "dependencies")
-
-
-def version_key(version: str) -> str:
-    """A string that sorts like the version: numbers numerically, 0.0.10 after 0.0.9."""
-    parts = []
-    for token in re.findall(r"\d+|[A-Za-z]+", version):
-        parts.append("n" + token.lstrip("0").zfill(12) if token.isdigit() else "a" + token.lower())
-    return ".".join(parts)[:400]
-
 
 def body(status: int, **fields: Any) -> JSONResponse:
     """The original's body (``status`` field) with the matching HTTP status."""
@@ -191,103 +178,27 @@ def get_version(request: Request, package: Optional[str] = Query(None, max_lengt
     """Every version matching the filters (``package`` required); an empty list when none."""
     if not package:
         return body(400, message="parameter 'package' is required")
-    q = select(Package).where(Package.name == package)
-    if branch:
-        q = q.where(Package.branch == branch)
-    if version:
-        q = q.where(Package.version == version)
     with request.app.state.db.session() as s:
-        rows = s.scalars(q.order_by(Package.branch, Package.version_key)).all()
+        rows = services.package_versions(s, package, branch, version)
         items: List[Dict[str, Any]] = [{"name": p.name, "branch": p.branch, "version": p.version,
                                         "content": p.content, "size": p.size, "sha256": p.sha256} for p in rows]
     return body(200, list=items)
 
 
-def _owned_by_other(s: Any, name: str, principal: Principal) -> bool:
-    owner = s.get(PackageOwner, name)
-    return owner is not None and owner.partner_pk != principal.partner_pk
-
-
-def _claim(db: Any, name: str, principal: Principal) -> bool:
-    """Make ``principal`` the owner of an unowned package name; whether it owns it now."""
-    with db.session() as s:
-        if s.get(PackageOwner, name) is None:
-            s.add(PackageOwner(name=name, partner_pk=principal.partner_pk))
-            try:
-                s.commit()
-            except IntegrityError:  # claimed concurrently: by whom is read below
-                s.rollback()
-        return not _owned_by_other(s, name, principal)
-
-
-def store_package(request: Request, content_text: str, upload: Any, overwrite: bool,
+def store_package(request: Request, content_text: str, upload: IO[bytes], overwrite: bool,
                   principal: Principal) -> JSONResponse:
-    """Validate, check and store one package (shared by ``PUT /upload`` and the web form).
+    """Store one package (``services.store_package``) and answer in the original's shape.
 
     The first partner to store a package name owns it; another partner's
     upload of that name is refused with 403 (``PackageOwner``)."""
-    storage = request.app.state.storage
     try:
-        content = json.loads(content_text)
-    except ValueError:
-        return body(400, message="JSONDecodeError: field 'content' is not JSON")
-    if not isinstance(content, dict):
-        return body(400, message="Json Content Error: field 'content' must be a JSON object")
-    missing = [k for k in REQUIRED_KEYS if k not in content]
-    if missing:
-        return body(400, message=f"Json Content Error: field '{missing[0]}' is missing")
-    try:
-        pkg = check_name(content["package"], "package")
-        branch = check_name(content["branch"], "branch")
-        version = check_name(content["version"], "version")
-        final = storage.package_path(pkg, branch, version)
-    except (ValueError, TypeError) as exc:
-        return body(400, message=str(exc))
-    sha_claimed = str(content["sha256"]).lower()
-    db = request.app.state.db
-    with db.session() as s:
-        if _owned_by_other(s, pkg, principal):
-            return body(403, message=f"Forbidden: package '{pkg}' belongs to another partner")
-        row = s.scalar(select(Package).where(Package.name == pkg, Package.branch == branch,
-                                             Package.version == version))
-    if final.exists() and not overwrite:
-        return body(409, message="File exists", TIP="add overwrite=1 (or force=1) to the URL to replace it")
-    if row is not None and not overwrite:
-        return body(409, message="Version exists", TIP="add overwrite=1 (or force=1) to the URL to replace it")
-    try:
-        tmp, sha, size = storage.copy_in(iter(lambda: upload.read(1024 * 1024), b""))
-    except TooLarge as exc:
-        return body(413, message=str(exc))
-    try:
-        if sha != sha_claimed:
-            return body(400, message=f"SHA256 Error: field 'sha256' is {sha_claimed}, the file's is {sha}")
-        if not zipfile.is_zipfile(tmp):  # served as <package>-<branch>-<version>.zip and unzipped by devices
-            return body(400, message="Zip Error: field 'file' is not a zip archive")
-        if not _claim(db, pkg, principal):
-            return body(403, message=f"Forbidden: package '{pkg}' belongs to another partner")
-        with db.session() as s:
-            row = s.scalar(select(Package).where(Package.name == pkg, Package.branch == branch,
-                                                 Package.version == version))
-            if row is None:
-                s.add(Package(name=pkg, branch=branch, version=version, version_key=version_key(version),
-                              content=content_text, sha256=sha, size=size))
-            elif overwrite:
-                row.content, row.sha256, row.size = content_text, sha, size
-            else:
-                return body(409, message="Version exists")
-            try:
-                s.flush()  # takes the row lock / unique check before the file appears
-            except IntegrityError:
-                s.rollback()
-                return body(409, message="Version exists")
-            storage.publish(tmp, final)
-            s.commit()
-        request.app.state.latest.invalidate(pkg, branch)
-    finally:
-        discard(tmp)
-    log.info("package %s %s %s stored (%d bytes)", pkg, branch, version, size)
-    return body(200, message="OK", sha256=sha, size=size,
-                url=f"/otafiles/{pkg}/{branch}/{pkg}-{branch}-{version}.zip")
+        with request.app.state.db.session() as s:
+            stored = services.store_package(s, request.app.state.storage, content_text, upload, overwrite,
+                                            principal.partner_pk)
+    except ServiceError as exc:
+        return body(STATUS_OF_KIND[exc.kind], message=exc.message, **exc.details)
+    request.app.state.latest.invalidate(stored.package, stored.branch)
+    return body(200, message="OK", sha256=stored.sha256, size=stored.size, url=stored.url)
 
 
 @router.put("/upload")

@@ -1,4 +1,5 @@
-"""HTTP responses shared by the routers: files sent from a memory map."""
+"""HTTP responses shared by the routers: files sent from a memory map, and the status code of
+each kind of ``ServiceError``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ import os
 from fastapi.responses import FileResponse
 from starlette.datastructures import MutableHeaders
 from starlette.types import Send
+
+from ota_build.server.services import Kind
+
+#: the HTTP status of each kind of refusal of the service layer
+STATUS_OF_KIND = {Kind.INVALID: 400, Kind.FORBIDDEN: 403, Kind.NOT_FOUND: 404, Kind.CONFLICT: 409,
+                  Kind.TOO_LARGE: 413, Kind.TOO_MANY: 429}
 
 
 class RangeFileResponse(FileResponse):

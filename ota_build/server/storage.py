@@ -20,9 +20,8 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import AsyncIterator, Iterable, Optional, Tuple
+from typing import AsyncIterator, Iterable, Iterator, Tuple
 
-from ota_build.core.files import _fsync_dir
 from ota_build.core.header import Header
 from ota_build.core.names import check_name
 from ota_build.core.package import check_integrity, verify_file
@@ -30,6 +29,18 @@ from ota_build.core.signing import Keyring, public_key_from_pem
 
 CHUNK = 1024 * 1024
 
+
+class TooLarge(Exception):
+    """The body exceeds the configured size limit."""
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in ``directory`` durable (fsync of the directory itself)."""
+    fd = os.open(str(directory), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class _Sink:
@@ -59,10 +70,6 @@ class _Sink:
         self.fh.close()
         discard(self.path)
 
-class TooLarge(Exception):
-    """The body exceeds the configured size limit."""
-
-
 
 class Storage:
     """Files of one data directory."""
@@ -78,30 +85,32 @@ class Storage:
         """A new temporary file in ``tmp/`` (fd, path)."""
         return tempfile.mkstemp(prefix="upload-", suffix=".tmp", dir=str(self.root / "tmp"))
 
-    async def receive(self, chunks: AsyncIterator[bytes]) -> Tuple[str, str, int]:
-        """Stream ``chunks`` into a temporary file: (path, sha256 hex, size).
+    @contextlib.contextmanager
+    def _sink(self) -> Iterator[_Sink]:
+        """A sink whose temporary file is removed on any error."""
+        sink = _Sink(self)
+        try:
+            yield sink
+        except BaseException:
+            sink.abort()
+            raise
+
+    def copy_in(self, src: Iterable[bytes]) -> Tuple[str, str, int]:
+        """Stream ``src`` (chunks) into a temporary file, fsync'd: (path, sha256 hex, size).
 
         Raises TooLarge past the limit; the temporary file is removed on any error.
         """
-        sink = _Sink(self)
-        try:
-            async for chunk in chunks:
-                sink.write(chunk)
-            return sink.finish()
-        except BaseException:
-            sink.abort()
-            raise
-
-    def copy_in(self, src: "Iterable[bytes]") -> Tuple[str, str, int]:
-        """Like ``receive`` for a synchronous iterable of chunks."""
-        sink = _Sink(self)
-        try:
+        with self._sink() as sink:
             for chunk in src:
                 sink.write(chunk)
             return sink.finish()
-        except BaseException:
-            sink.abort()
-            raise
+
+    async def receive(self, chunks: AsyncIterator[bytes]) -> Tuple[str, str, int]:
+        """``copy_in`` for an asynchronous iterator of chunks (a request body)."""
+        with self._sink() as sink:
+            async for chunk in chunks:
+                sink.write(chunk)
+            return sink.finish()
 
     # ------------------------------------------------------------------ blobs
     def blob_path(self, sha256: str) -> Path:
@@ -115,7 +124,7 @@ class Storage:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp_path, 0o644)
         os.replace(tmp_path, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     # ------------------------------------------------------------------ resumable uploads
     def part_path(self, upload_id: str) -> Path:
@@ -123,6 +132,17 @@ class Storage:
         if not re.fullmatch(r"[A-Za-z0-9_-]{16,64}", upload_id):
             raise ValueError("field 'uploadId': malformed")
         return self.root / "uploads" / f"{upload_id}.part"
+
+    def create_part(self, upload_id: str) -> Path:
+        """Create the empty partial file of a new upload session, durably (file and directory fsync'd)."""
+        part = self.part_path(upload_id)
+        fd = os.open(str(part), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(part.parent)
+        return part
 
     # ------------------------------------------------------------------ seed-001 packages
     def package_path(self, package: str, branch: str, version: str) -> Path:
@@ -153,7 +173,3 @@ def key_id_of_pem(pem: str) -> str:
     """Hex key id of a PEM public key (raises ValueError/OtaError when it is not one)."""
     return public_key_from_pem(pem.encode("ascii"), "public key").key_id.hex()
 
-
-def optional_int(value: Optional[str]) -> Optional[int]:
-    """int(value) or None."""
-    return int(value) if value not in (None, "") else None

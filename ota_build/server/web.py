@@ -15,36 +15,22 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
-
+from ota_build.server import services
 from ota_build.server.auth import principal_for
-from ota_build.server.models import Binary, FirmwareImage, OtaRecord, Package
-from ota_build.server.packages import store_package
+from ota_build.server.services import ServiceError
 
 router = APIRouter(tags=["web"])
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 
 
 def _page_data(request: Request) -> Dict[str, Any]:
-    from ota_build.server.afero import REPO_URL_RE
-
     with request.app.state.db.session() as s:
-        images: List[Dict[str, Any]] = []
-        rows = s.execute(select(FirmwareImage, OtaRecord)
-                         .join(OtaRecord, OtaRecord.id == FirmwareImage.record_pk)
-                         .order_by(OtaRecord.name, FirmwareImage.version_number.desc())
-                         .limit(500)).all()
-        for img, rec in rows:
-            m = REPO_URL_RE.search(rec.url or "")
-            binary = s.scalar(select(Binary).where(Binary.partner_pk == rec.partner_pk,
-                                                   Binary.sha256 == m.group(1))) if m else None
-            images.append({"id": img.id, "name": rec.name,
-                           "version": rec.version, "versionNumber": img.version_number,
-                           "description": rec.description, "size": binary.size if binary else None,
-                           "sha256": binary.sha256 if binary else ""})
-        packages = s.scalars(select(Package).order_by(Package.name, Package.branch, Package.version_key.desc())
-                             .limit(500)).all()
-        return {"images": images, "packages": packages}
+        images: List[Dict[str, Any]] = [
+            {"id": img.id, "name": rec.name, "version": rec.version, "versionNumber": img.version_number,
+             "description": rec.description, "size": binary.size if binary else None,
+             "sha256": binary.sha256 if binary else ""}
+            for img, rec, binary in services.public_images(s)]
+        return {"images": images, "packages": services.public_packages(s)}
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -65,7 +51,7 @@ async def web_upload(request: Request, token: str = Form(..., max_length=200),
     if principal is None or principal.kind != "partner":
         return RedirectResponse("/?error=" + _q("a valid partner token is required"), status_code=303)
 
-    def work() -> Any:
+    def work() -> str:
         digest = hashlib.sha256()
         for chunk in iter(lambda: file.file.read(1024 * 1024), b""):
             digest.update(chunk)
@@ -73,13 +59,17 @@ async def web_upload(request: Request, token: str = Form(..., max_length=200),
         content = {"package": package, "description": description, "updateInfo": "", "version": version,
                    "branch": branch, "local": "", "remote": str(request.base_url), "sha256": digest.hexdigest(),
                    "BeforeUpdate": "", "AfterUpdate": "", "dependencies": {}}
-        return store_package(request, json.dumps(content), file.file, False, principal)
+        with request.app.state.db.session() as s:
+            stored = services.store_package(s, request.app.state.storage, json.dumps(content), file.file, False,
+                                            principal.partner_pk)
+        request.app.state.latest.invalidate(stored.package, stored.branch)
+        return f"stored {package} {branch} {version}"
 
-    resp = await run_in_threadpool(work)
-    result = json.loads(resp.body)
-    if resp.status_code == 200:
-        return RedirectResponse("/?message=" + _q(f"stored {package} {branch} {version}"), status_code=303)
-    return RedirectResponse("/?error=" + _q(result.get("message", "upload failed")), status_code=303)
+    try:
+        message = await run_in_threadpool(work)
+    except ServiceError as exc:
+        return RedirectResponse("/?error=" + _q(exc.message or "upload failed"), status_code=303)
+    return RedirectResponse("/?message=" + _q(message), status_code=303)
 
 
 def _q(text: str) -> str:
