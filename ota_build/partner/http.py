@@ -251,10 +251,12 @@ class OtaSession(requests.Session):
     def request(self, method: str, url: Any, *args: Any, retry_safe: Optional[bool] = None,  # type: ignore[override]
                 retries: Optional[int] = None, what: Optional[str] = None, **kwargs: Any) -> requests.Response:
         """``requests.Session.request`` under this session's timeouts and retry policy (see the class)."""
-        if len(args) < 7:  # timeout is the 8th parameter after url
-            kwargs.setdefault("timeout", self.timeout())
+        if len(args) > 6:  # timeout given by position (the 7th parameter after url)
+            timeout = args[6]
+        else:
+            timeout = kwargs.setdefault("timeout", self.timeout())
         call = _Call(what or self.what(method, str(url)), self.base, retry_safe,
-                     self.settings.retries if retries is None else retries, _pair(kwargs.get("timeout", self.timeout())))
+                     self.settings.retries if retries is None else retries, _pair(timeout or self.timeout()))
         return self._send_as(call, method, url, *args, **kwargs)
 
     def _send_as(self, call: _Call, method: str, url: Any, *args: Any, **kwargs: Any) -> requests.Response:
