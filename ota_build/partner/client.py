@@ -129,7 +129,7 @@ class OtaClient:
 
     # ------------------------------------------------------------------ plumbing
     def _url(self, path: str) -> str:
-        return self.base + path
+        return self.http.url(path)
 
     def _timeout(self, extra_read: float = 0.0) -> Tuple[float, float]:
         """``(connect, read)`` timeouts for requests."""
