@@ -17,16 +17,9 @@ from typing import Optional, Sequence
 
 from ota_build.core.cliutil import EXIT_CODES_COMMON_HELP, Parser, run_main, setup_logging
 from ota_build.core.record import create_record_file, record_output_path
-from ota_build.core.config import DEFAULT_CONFIG_NAME, NETWORK_HELP, OtaConfig, load_config
-from ota_build.core.errors import ServerError, UsageError
+from ota_build.core.config import DEFAULT_CONFIG_NAME, NETWORK_HELP, load_config
+from ota_build.core.errors import UsageError
 from ota_build.core.record import find_record
-
-
-def _require_server(conf: str) -> OtaConfig:
-    cfg = load_config(conf)
-    if not cfg.server:
-        raise ServerError(f"no OTA server configured: set OTA_SERVER or the 'server' key in {conf}")
-    return cfg
 
 
 def uploader_parser() -> argparse.ArgumentParser:
@@ -75,11 +68,11 @@ def uploader_main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"OTA record written to {path} (id {record['id']}, versionNumber {record['versionNumber']})")
             return 0
         if args.uploadOTAImage:
-            from ota_build.partner.flows import locate_record, resolve_image, upload_image
+            from ota_build.partner.flows import load_server_config, locate_record, resolve_image, upload_image
 
             from ota_build.core.version import parse_build_number, version_string
 
-            cfg = _require_server(args.conf)
+            cfg = load_server_config(args.conf)
             expected = version_string(cfg.version, parse_build_number(args.buildNum), args.debug)
             record_path = locate_record(record_output_path(None, args.s))
             print(upload_image(cfg, record_path, resolve_image(cfg), expected_version=expected).summary())
@@ -116,8 +109,9 @@ def deploy_main(argv: Optional[Sequence[str]] = None) -> int:
     def run() -> int:
         if not args.list and not ((args.device or args.group) and args.image_id):
             raise UsageError("give --list, or -d DEVICE (or -g GROUP) and -i IMAGEID")
-        cfg = _require_server(args.conf)
-        from ota_build.partner.flows import deploy, format_table
+        from ota_build.partner.flows import deploy, format_table, load_server_config
+
+        cfg = load_server_config(args.conf)
 
         if args.list:
             from ota_build.partner.client import OtaClient

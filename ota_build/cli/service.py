@@ -9,19 +9,19 @@ import os
 import sys
 from typing import Any
 
-from ota_build.core.config import DEFAULT_CONFIG_NAME, NETWORK_HELP, check_server_url, load_config
-from ota_build.core.errors import OtaError, ServerError, UsageError
+from ota_build.core.config import DEFAULT_CONFIG_NAME, NETWORK_HELP, OtaConfig, check_server_url
+from ota_build.core.errors import OtaError, UsageError
 
 
 def _print_json(doc: Any) -> None:
     print(json.dumps(doc, indent=2, sort_keys=False))
 
 
-def _server_cfg(args: argparse.Namespace):  # noqa: ANN202
-    cfg = load_config(args.conf, getattr(args, "credentials", None))
-    if not cfg.server:
-        raise ServerError(f"no OTA server configured: set OTA_SERVER or the 'server' key in {args.conf}")
-    return cfg
+def _server_cfg(args: argparse.Namespace) -> OtaConfig:
+    """The config of ``--conf``/``--credentials`` for a command that talks to the server (ServerError if none)."""
+    from ota_build.partner.flows import load_server_config  # requests only when a command talks to a server
+
+    return load_server_config(args.conf, getattr(args, "credentials", None))
 
 
 def _open_db(args: argparse.Namespace, create: bool = True):  # noqa: ANN202

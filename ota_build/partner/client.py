@@ -5,14 +5,15 @@ access token, password and auth string never appear in messages or logs.
 An answer that is not the OTA API's JSON (an HTML page from some other web
 server) is reported as such, never printed.
 
-Timeouts and retries (``NetworkSettings``, from ``OTA_CONNECT_TIMEOUT``,
-``OTA_READ_TIMEOUT``, ``OTA_RETRIES``): every attempt has a connect and a
-read timeout; failures are retried with exponential back-off, each retry
-announced by one WARNING line. A retry must not do a thing twice, so
-idempotent calls (GET, HEAD, PUT, DELETE, and the POSTs marked
-``retry_safe``) are retried after any connection error, timeout or HTTP
-502/503/504, other POSTs only when the request cannot have reached the server
-(connection refused, name not found, connect timeout).
+Timeouts and retries are the transport's (``ota_build.partner.http``, from
+``OTA_CONNECT_TIMEOUT``, ``OTA_READ_TIMEOUT``, ``OTA_RETRIES``): every attempt
+has a connect and a read timeout; failures are retried with exponential
+back-off, each retry announced by one WARNING line. A retry must not do a thing
+twice, so idempotent calls (GET, HEAD, PUT, DELETE, and the POSTs marked
+``retry_safe`` here: the token and moveToRepository) are retried after any
+connection error, timeout or HTTP 502/503/504, other POSTs only when the
+request cannot have reached the server (connection refused, name not found,
+connect timeout).
 
 Uploads are resumable: the upload session's id is kept in a small state file
 next to the image, so a re-run after a crash or a dropped connection continues
@@ -25,44 +26,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import requests
-from urllib3.exceptions import NewConnectionError
 
 from ota_build.core.config import NetworkSettings, OtaConfig
 from ota_build.core.errors import ServerError, UsageError
 from ota_build.core.files import atomic_write_text
+from ota_build.partner.http import RETRY_STATUSES, OtaSession, describe, tls_failure
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
-RETRY_STATUSES = (502, 503, 504)
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 # Transport failures: no complete answer arrived (ConnectTimeout and ReadTimeout are in the first two).
 TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 # The server verifies an image before it answers POST .../complete: allow it this speed on top of the read timeout.
 VERIFY_BYTES_PER_SECOND = 20 * 1024 * 1024
-
-
-def _cause(exc: requests.RequestException) -> Any:
-    """The urllib3 error under a requests error (``MaxRetryError.reason``), else the first argument."""
-    arg = exc.args[0] if exc.args else None
-    return getattr(arg, "reason", arg)
-
-
-def not_sent(exc: requests.RequestException) -> bool:
-    """True when the request cannot have reached the server: no connection was made."""
-    return isinstance(exc, requests.ConnectTimeout) or isinstance(_cause(exc), NewConnectionError)
-
-
-def _tls_failure(what: str, base: str, exc: requests.exceptions.SSLError) -> ServerError:
-    """A TLS failure (untrusted certificate, wrong host name...) as one line; retrying would not help."""
-    found = re.search(r"\[SSL: [A-Z_]+\] ([^(\n]+)", str(exc))
-    return ServerError(f"{what}: TLS with {base} failed: {found.group(1).strip() if found else type(exc).__name__}")
 
 
 def _content_type(resp: requests.Response) -> str:
@@ -143,47 +124,30 @@ class OtaClient:
         self.cfg = cfg
         self.partner = cfg.partner_id
         self.settings = NetworkSettings.from_env() if settings is None else settings
-        self.http = requests.Session()
+        self.http = OtaSession(self.base, self.settings)
         self._token: Optional[str] = None
 
     # ------------------------------------------------------------------ plumbing
     def _url(self, path: str) -> str:
-        return self.base + path
+        return self.http.url(path)
 
     def _timeout(self, extra_read: float = 0.0) -> Tuple[float, float]:
         """``(connect, read)`` timeouts for requests."""
-        return (self.settings.connect_timeout, self.settings.read_timeout + extra_read)
-
-    def _describe(self, exc: requests.RequestException, timeout: Tuple[float, float]) -> str:
-        """What went wrong with the connection, in words (never the request's headers or body)."""
-        if isinstance(exc, requests.ConnectTimeout):
-            return f"no connection to {self.base} within {timeout[0]:g} s (connect timeout)"
-        if isinstance(exc, requests.ReadTimeout):
-            return f"no answer from {self.base} within {timeout[1]:g} s (read timeout)"
-        if isinstance(exc, requests.exceptions.ChunkedEncodingError):
-            return f"the answer from {self.base} was cut off"
-        cause = _cause(exc)
-        if isinstance(cause, NewConnectionError):
-            why = getattr(cause.__cause__, "strerror", None) or "no connection"
-            return f"cannot reach {self.base}: {why}"
-        return f"the connection to {self.base} was lost"
+        return self.http.timeout(extra_read)
 
     def request(self, method: str, path: str, ok: "tuple[int, ...]" = (200,), auth: bool = True,
                 retry_safe: Optional[bool] = None, **kwargs: Any) -> requests.Response:
-        """Send a request (with retries); raise ServerError unless the status is in ``ok``.
+        """Send a request (the transport retries it as far as safe); raise ServerError unless the status is in ``ok``.
 
         ``retry_safe`` says whether sending the request twice is harmless (default: whether the
-        method is idempotent); see the module docstring for when a request is retried.
+        method is idempotent); see ``ota_build.partner.http`` for when a request is retried.
         """
         if auth:
             headers = dict(kwargs.pop("headers", {}) or {})
             headers["Authorization"] = f"Bearer {self.token()}"
             kwargs["headers"] = headers
-        kwargs.setdefault("timeout", self._timeout())
-        safe = method.upper() in IDEMPOTENT_METHODS if retry_safe is None else retry_safe
         what = f"{method} {path}"
-        resp = self._with_retries(lambda: self.http.request(method, self._url(path), **kwargs), what, safe,
-                                  kwargs["timeout"])
+        resp = self.http.call(method, path, what=what, retry_safe=retry_safe, **kwargs)
         if resp.status_code not in ok:
             raise ServerError(f"{what}: {_message(resp, self.base)}")
         return resp
@@ -196,32 +160,6 @@ class OtaClient:
         if doc is None or (keys and not (isinstance(doc, dict) and all(k in doc for k in keys))):
             raise ServerError(f"{method} {path}: {_not_ota(resp, self.base)}")
         return doc
-
-    def _with_retries(self, send: Callable[[], requests.Response], what: str, retry_safe: bool,
-                      timeout: Tuple[float, float]) -> requests.Response:
-        """Call ``send`` until it gives an answer worth returning, retrying only what is safe to repeat."""
-        retries = self.settings.retries
-        for attempt in range(retries + 1):
-            try:
-                resp = send()
-            except requests.exceptions.SSLError as exc:
-                raise _tls_failure(what, self.base, exc) from None
-            except TRANSPORT_ERRORS as exc:
-                problem = self._describe(exc, timeout)
-                if not retry_safe and not not_sent(exc):
-                    raise ServerError(f"{what}: {problem}; not retried, as the server may have carried it out") from None
-                if attempt == retries:
-                    raise ServerError(f"{what}: {problem} ({attempt + 1} attempt{'s' if attempt else ''})") from None
-            except requests.RequestException as exc:
-                raise ServerError(f"{what}: {self.base}: {type(exc).__name__}") from None
-            else:
-                if resp.status_code not in RETRY_STATUSES or not retry_safe or attempt == retries:
-                    return resp
-                problem = f"HTTP {resp.status_code} from {self.base}"
-            delay = self.settings.delay(attempt)
-            log.warning("%s: %s; retry %d of %d in %g s", what, problem, attempt + 1, retries, delay)
-            time.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def token(self) -> str:
         """The access token (``POST /oauth/token``, fetched once; retried like a GET: a second token is harmless)."""
@@ -295,11 +233,11 @@ class OtaClient:
                                          headers={"Authorization": f"Bearer {self.token()}",
                                                   "Content-Type": "application/octet-stream",
                                                   "Content-Range": f"bytes {offset}-{end}/{size}"},
-                                         timeout=timeout)
+                                         timeout=timeout, retries=0)  # resumed below, from the server's offset
                 except requests.exceptions.SSLError as exc:
-                    raise _tls_failure(f"PUT {base}/…", self.base, exc) from None
+                    raise tls_failure(f"PUT {base}/…", self.base, exc) from None
                 except TRANSPORT_ERRORS as exc:
-                    problem = self._describe(exc, timeout)
+                    problem = describe(exc, self.base, timeout)
                 except requests.RequestException as exc:
                     raise ServerError(f"PUT {base}/…: {self.base}: {type(exc).__name__}") from None
                 else:

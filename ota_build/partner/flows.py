@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from ota_build.partner.client import OtaClient
-from ota_build.core.config import OtaConfig
+from ota_build.core.config import OtaConfig, load_config
 from ota_build.core.errors import RecordError, ServerError, UsageError
 from ota_build.core.package import inspect_file
 from ota_build.core.record import load_record, write_record
@@ -18,6 +18,15 @@ from ota_build.core.record import locate_record as _locate_record
 from ota_build.core.version import parse_build_number, version_string
 
 log = logging.getLogger(__name__)
+
+
+def load_server_config(conf: str, credentials: Optional[str] = None) -> OtaConfig:
+    """The configuration at ``conf`` (secrets from ``credentials`` or as ``load_config`` finds them) for a
+    command that talks to the server; ServerError (exit 3) when it names no server."""
+    cfg = load_config(conf, credentials)
+    if not cfg.server:
+        raise ServerError(f"no OTA server configured: set OTA_SERVER or the 'server' key in {conf}")
+    return cfg
 
 
 def register_record(cfg: OtaConfig, build_number: str, debug: bool, path: str,

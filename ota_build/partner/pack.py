@@ -21,11 +21,12 @@ import os
 import zipfile
 from typing import Any, Dict, List, Optional, Set
 
-import requests
-
+from ota_build.core.config import NetworkSettings
 from ota_build.core.errors import ServerError, UsageError
 from ota_build.core.names import check_name
 from ota_build.core.files import atomic_open, atomic_write_text
+from ota_build.partner.client import VERIFY_BYTES_PER_SECOND
+from ota_build.partner.http import OtaSession
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def zip_folder(folder: str, output: str, own: Optional[OwnOutputs] = None) -> st
                         log.info("%s: left out of the zip (an output of pack)", full)
                         continue
                     zf.write(full, os.path.relpath(full, folder))
+    # TODO(core): file_sha256
     digest = hashlib.sha256()
     with open(output, "rb") as fh:
         for chunk in iter(lambda: fh.read(1024 * 1024), b""):
@@ -131,17 +133,20 @@ def make_content(package: str, branch: str, version: str, sha256: str, server: s
 
 
 def upload_package(server: str, token: str, zip_path: str, content: Dict[str, Any], overwrite: bool = False,
-                   timeout: float = 300.0) -> Dict[str, Any]:
-    """``PUT /upload`` (multipart: form field ``content``, file ``file``); raises ServerError on refusal."""
-    url = server.rstrip("/") + "/upload" + ("?overwrite=1" if overwrite else "")
-    try:
-        with open(zip_path, "rb") as fh:
-            resp = requests.put(url, headers={"Authorization": f"Bearer {token}"},
-                                data={"content": json.dumps(content)},
-                                files={"file": (os.path.basename(zip_path), fh, "application/zip")},
-                                timeout=timeout)
-    except requests.RequestException as exc:
-        raise ServerError(f"PUT /upload: cannot reach {server}: {type(exc).__name__}") from None
+                   settings: Optional[NetworkSettings] = None) -> Dict[str, Any]:
+    """``PUT /upload`` (multipart: form field ``content``, file ``file``); raises ServerError on refusal.
+
+    Sent through the partner transport (``ota_build.partner.http``: timeouts and retries from
+    ``OTA_CONNECT_TIMEOUT``, ``OTA_READ_TIMEOUT``, ``OTA_RETRIES`` unless ``settings`` is given). The read
+    timeout grows with the zip, as the server checks its sha256 before it answers. Without ``overwrite``
+    the upload creates a version, so once it may have reached the server it is not sent again (a second
+    one would only be refused as "Version exists")."""
+    path = "/upload" + ("?overwrite=1" if overwrite else "")
+    with OtaSession(server, settings) as session, open(zip_path, "rb") as fh:
+        resp = session.call("PUT", path, what="PUT /upload", retry_safe=overwrite,
+                            headers={"Authorization": f"Bearer {token}"}, data={"content": json.dumps(content)},
+                            files={"file": (os.path.basename(zip_path), fh, "application/zip")},
+                            timeout=session.timeout(os.path.getsize(zip_path) / VERIFY_BYTES_PER_SECOND))
     try:
         doc = resp.json()
     except ValueError:
