@@ -80,7 +80,7 @@ def cmd_package(args: argparse.Namespace) -> int:
     ota_type = args.type if args.type is not None else (int(record["type"]) if record else 5)
     signer = make_signer(args.key, backend=args.backend, command=args.sign_command, public_key=args.public_key)
     result = package_image(args.image, args.output, signer, ota_type, version_number, record=record,
-                           embed_record=args.embed_record)
+                           embed_record=args.embed_record, durable=args.fsync)
     h = result.header
     print(f"{result.path}: type {h.ota_type}, versionNumber {h.version_number}, payload {h.payload_length} bytes, "
           f"sha256 {h.payload_sha256.hex()}, {h.sig_alg.label} key {h.key_id.hex()[:16]}")
@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--type", type=int, metavar="T", help="OTA type byte (default: the record's, else 5 = HUB)")
     p.add_argument("--embed-record", action="store_true", help="also embed the record in the header "
                    "(makes the header longer than the 216 bytes Afero's device scripts expect)")
+    p.add_argument("--fsync", action="store_true", help="fsync the output (and its directory) before it gets its "
+                   "name, so it survives a power cut; off by default: the output is always written atomically "
+                   "(temporary file + rename), and a build artefact is rebuilt after a crash")
     add_signing_options(p)
     p.set_defaults(func=cmd_package)
 

@@ -369,7 +369,7 @@ async def complete_upload(request: Request, partnerId: str = PartnerId, uploadId
         fd, tmp = storage.temp_file()
         os.close(fd)
         os.replace(part, tmp)  # claim the bytes; a second complete finds nothing
-        from ota_build.core.package import file_sha256
+        from ota_build.core.files import file_sha256
 
         try:
             sha = file_sha256(tmp)

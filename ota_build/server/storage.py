@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import AsyncIterator, Iterable, Optional, Tuple
 
-from ota_build.core.files import _fsync_dir
+from ota_build.core.files import fsync_dir as _fsync_dir
 from ota_build.core.header import Header
 from ota_build.core.names import check_name
 from ota_build.core.package import check_integrity, verify_file

@@ -6,7 +6,6 @@ device states are for their partner only (``ota-build devices``)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -17,6 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
+from ota_build.core.files import file_sha256
 from ota_build.server.auth import principal_for
 from ota_build.server.models import Binary, FirmwareImage, OtaRecord, Package
 from ota_build.server.packages import store_package
@@ -66,12 +66,10 @@ async def web_upload(request: Request, token: str = Form(..., max_length=200),
         return RedirectResponse("/?error=" + _q("a valid partner token is required"), status_code=303)
 
     def work() -> Any:
-        digest = hashlib.sha256()
-        for chunk in iter(lambda: file.file.read(1024 * 1024), b""):
-            digest.update(chunk)
+        sha256 = file_sha256(file.file)
         file.file.seek(0)
         content = {"package": package, "description": description, "updateInfo": "", "version": version,
-                   "branch": branch, "local": "", "remote": str(request.base_url), "sha256": digest.hexdigest(),
+                   "branch": branch, "local": "", "remote": str(request.base_url), "sha256": sha256,
                    "BeforeUpdate": "", "AfterUpdate": "", "dependencies": {}}
         return store_package(request, json.dumps(content), file.file, False, principal)
 
