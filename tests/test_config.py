@@ -146,7 +146,7 @@ def test_packaged_schemas_use_only_keywords_the_builtin_validator_knows():
 
     from ota_build.core.schema import SUPPORTED_KEYWORDS
 
-    names = [p.name[: -len(".schema.json")] for p in resources.files("ota_build").joinpath("schemas").iterdir()
+    names = [p.name[: -len(".schema.json")] for p in resources.files("ota_build.core").joinpath("schemas").iterdir()
              if p.name.endswith(".schema.json")]
     assert {"partner-ota-conf", "full_ota_record", "ota-agent"} <= set(names)
     for name in names:
