@@ -74,7 +74,7 @@ def cmd_package(args: argparse.Namespace) -> int:
     if args.version_number is not None:
         version_number = parse_version_number(args.version_number, "--version-number")
     elif record is not None:
-        version_number = int(record["versionNumber"])
+        version_number = record["versionNumber"]
     else:
         raise UsageError("give --record (the OTA record) or --version-number")
     ota_type = args.type if args.type is not None else (int(record["type"]) if record else 5)

@@ -20,6 +20,7 @@ from typing import IO, Any, Callable, Mapping, Optional
 from ota_build.core import header as hdr
 from ota_build.core.errors import CorruptError, DowngradeError, TruncatedError, UsageError, WrongTypeError
 from ota_build.core.files import atomic_open, file_sha256
+from ota_build.core.record import record_to_json
 from ota_build.core.signing import Keyring, Signer, verify_signature
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def package_image(image_path: str, output_path: str, signer: Signer, ota_type: i
                   progress: Progress = None, durable: bool = False) -> PackResult:
     """Wrap ``image_path`` into a signed ``hub_update.bin`` at ``output_path`` (atomic).
 
-    ``record`` (the OTA record) is embedded in the header when ``embed_record``.
+    ``record`` (the OTA record, ``versionNumber`` an int) is embedded in the header, as JSON, when ``embed_record``.
     ``durable`` fsyncs the output before it gets its name (a build artefact needs not).
     """
     if not 0 <= ota_type <= 255:
@@ -147,7 +148,7 @@ def package_image(image_path: str, output_path: str, signer: Signer, ota_type: i
     if embed_record:
         if record is None:
             raise UsageError("--embed-record needs a record (--record)")
-        record_bytes = json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        record_bytes = json.dumps(record_to_json(record), sort_keys=True, separators=(",", ":")).encode("utf-8")
     src = _open_input(image_path, "image file")
     if os.path.abspath(image_path) == os.path.abspath(output_path):
         raise UsageError(f"{output_path}: output must not be the input image")

@@ -173,7 +173,7 @@ class Agent:
 
     def current_version_number(self) -> int:
         """The higher of the running image's versionNumber and the last one this agent installed."""
-        running = int(self.installed_record()["versionNumber"])
+        running: int = self.installed_record()["versionNumber"]
         return max(running, int(self._state().get("installedVersionNumber", 0)))
 
     def info(self) -> Dict[str, Any]:
@@ -185,7 +185,7 @@ class Agent:
             "description": self.config.description,
             "version": record.get("version"),
             "versionNumber": str(self.current_version_number()),
-            "runningVersionNumber": record.get("versionNumber"),
+            "runningVersionNumber": str(record["versionNumber"]),
             "lastState": state.get("lastState"),
             "lastMessage": state.get("lastMessage"),
             "pendingSlot": state.get("pendingSlot"),
