@@ -20,7 +20,6 @@ from typing import IO, Any, Callable, Mapping, Optional
 from ota_build.core import header as hdr
 from ota_build.core.errors import CorruptError, DowngradeError, TruncatedError, UsageError, WrongTypeError
 from ota_build.core.files import atomic_open, file_sha256
-from ota_build.core.record import record_to_json
 from ota_build.core.signing import Keyring, Signer, verify_signature
 
 log = logging.getLogger(__name__)
@@ -79,12 +78,13 @@ def _copy_hashing(src: IO[bytes], dst: Optional[IO[bytes]], limit: Optional[int]
     One pass over the data, in a ring of ``BUFFERS`` reused buffers: this thread
     reads chunk N+1 (and writes chunk N) while a worker thread hashes chunk N
     (hashlib and the system calls release the GIL), so the time is about that
-    of hashing alone. Without a destination it only reads and hashes.
+    of hashing alone. Without a destination it reads and hashes in this thread.
     """
     digest = hashlib.sha256()
     buffers = [memoryview(bytearray(CHUNK)) for _ in range(BUFFERS)]
     writer = _Writer(dst, durable) if dst is not None else None
-    pool = ThreadPoolExecutor(max_workers=1)
+    # Hashing alone gains nothing from a second thread (and loses to its hand-offs on a busy machine).
+    pool = ThreadPoolExecutor(max_workers=1) if writer is not None else None
     pending: "deque[Future[None]]" = deque()
     total = 0
     index = 0
@@ -99,7 +99,10 @@ def _copy_hashing(src: IO[bytes], dst: Optional[IO[bytes]], limit: Optional[int]
             if not n:
                 break
             chunk = view[:n]
-            pending.append(pool.submit(digest.update, chunk))
+            if pool is None:
+                digest.update(chunk)
+            else:
+                pending.append(pool.submit(digest.update, chunk))
             if writer is not None:
                 writer.write(chunk)
             total += n
@@ -108,7 +111,8 @@ def _copy_hashing(src: IO[bytes], dst: Optional[IO[bytes]], limit: Optional[int]
         while pending:
             pending.popleft().result()
     finally:
-        pool.shutdown(wait=True)
+        if pool is not None:
+            pool.shutdown(wait=True)
         if writer is not None:
             writer.close()
     return digest.digest(), total
@@ -148,6 +152,8 @@ def package_image(image_path: str, output_path: str, signer: Signer, ota_type: i
     if embed_record:
         if record is None:
             raise UsageError("--embed-record needs a record (--record)")
+        from ota_build.core.record import record_to_json  # config and schemas are not needed to verify
+
         record_bytes = json.dumps(record_to_json(record), sort_keys=True, separators=(",", ":")).encode("utf-8")
     src = _open_input(image_path, "image file")
     if os.path.abspath(image_path) == os.path.abspath(output_path):
