@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator, Union
@@ -44,8 +45,8 @@ def atomic_open(path: PathLike, mode: int = 0o644, durable: bool = False) -> Ite
     """Open a temporary file next to ``path`` for binary writing.
 
     On normal exit of the ``with`` block the data is flushed and the file
-    renamed over ``path`` (with ``durable``, fsync'd first and the directory
-    fsync'd after); on an exception the temporary file is removed and ``path``
+    renamed over ``path`` (``replace_without_flush``; with ``durable``, fsync'd
+    first and the directory fsync'd after); on an exception the temporary file is removed and ``path``
     is left untouched.
     """
     target = Path(path)
@@ -59,13 +60,46 @@ def atomic_open(path: PathLike, mode: int = 0o644, durable: bool = False) -> Ite
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
-        os.replace(tmp, target)
         if durable:
+            os.replace(tmp, target)
             fsync_dir(directory)
+        else:
+            replace_without_flush(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def replace_without_flush(tmp: PathLike, target: PathLike) -> None:
+    """``os.replace(tmp, target)``, without ext4 writing ``tmp`` out because it replaces a file.
+
+    ext4 (``auto_da_alloc``) starts writeback of a file renamed over another one,
+    in the caller: for a 1 GiB artefact that is about 0.4 s of allocation and I/O
+    submission nobody asked for. Exchanging the two names (``renameat2`` with
+    ``RENAME_EXCHANGE``, equally atomic: ``target`` always names a complete file)
+    and unlinking the old file skips it. Falls back to ``os.replace`` where that
+    is unavailable (not Linux, no ``ctypes``, a file system without exchange) or
+    when ``target`` is not a regular file.
+    """
+    try:
+        if not stat.S_ISREG(os.lstat(target).st_mode):
+            raise FileNotFoundError
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        exchanged = libc.renameat2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(target), _RENAME_EXCHANGE) == 0
+    except (OSError, ImportError, AttributeError):  # no target, no ctypes, no renameat2
+        exchanged = False
+    if not exchanged:
+        os.replace(tmp, target)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
 
 
 def atomic_write_bytes(path: PathLike, data: bytes, mode: int = 0o644, durable: bool = False) -> None:
