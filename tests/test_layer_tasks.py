@@ -309,7 +309,7 @@ def test_native_recipe_install_gives_working_tools(tmp_path):
     script = re.sub(r"\$\{(D|S|datadir|bindir)\}", lambda m: values[m.group(1)], body)
     subprocess.run(["bash", "-euc", script], check=True)
     installed = prefix / "usr" / "share" / "ota-build" / "ota_build"
-    assert (installed / "cli.py").is_file() and (installed / "schemas").is_dir()
+    assert (installed / "cli" / "build.py").is_file() and (installed / "core" / "schemas").is_dir()
     assert not list(installed.rglob("__pycache__")) and not list(installed.rglob("*.pyc"))
     env = {"PATH": os.environ["PATH"], "OTA_PYTHON": sys.executable, "PYTHONNOUSERSITE": "1"}
     for tool in ("ota-build", "partner-ota-hub-uploader", "partner-ota-hub-deploy"):
