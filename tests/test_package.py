@@ -184,6 +184,7 @@ def test_cli_package_with_record_and_inspect(keys, image, tmp_path, seed_config)
     assert info["sig_alg"] == "ecdsa-p256" and info["ota_type"] == 5
     assert info["version_number"] == "10000000000002"
     assert info["record"]["version"] == "1.0.2d"
+    assert info["record"]["versionNumber"] == "10000000000002"  # the embedded record is the file format: a string
     proc = run_cli("ota-build", "verify", str(out), "-k", keys["ecdsa-p256"]["public"], "-t", "5",
                    "-x", str(tmp_path / "img"), check=0)
     assert "OK" in proc.stdout

@@ -176,3 +176,15 @@ def test_version_string():
     assert version_string("2.1", 15) == "2.1.15"
     with pytest.raises(UsageError):
         derive_version_number("1.1000", 1)
+
+
+def test_version_number_is_an_int_inside_and_a_string_in_the_file(seed_config, tmp_path):
+    from ota_build.core.record import record_to_json, write_record
+
+    rec = new_record(load_config(str(seed_config), env={}), 2, version_number="7112")
+    assert rec["versionNumber"] == 7112
+    path = tmp_path / "full_ota_record.json"
+    write_record(rec, str(path))
+    assert json.loads(path.read_text())["versionNumber"] == "7112"
+    assert load_record(str(path))["versionNumber"] == 7112
+    assert record_to_json(rec)["versionNumber"] == "7112" and rec["versionNumber"] == 7112  # no change in place

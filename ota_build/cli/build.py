@@ -21,7 +21,7 @@ from ota_build.core.cliutil import EXIT_CODES_HELP, Parser, add_backend_option, 
 from ota_build.core.errors import UsageError
 from ota_build.core.files import atomic_write_bytes
 from ota_build.core.package import inspect_file, package_image, verify_file
-from ota_build.core.record import create_record_file, load_record, record_output_path, write_record
+from ota_build.core.record import create_record_file, load_record, locate_record, record_output_path
 from ota_build.core.signing import KEYGEN_ALGORITHMS, Keyring, generate_key, make_signer
 from ota_build.core.version import parse_version_number
 
@@ -33,10 +33,12 @@ def cmd_record(args: argparse.Namespace) -> int:
     if args.from_record:
         # A record made earlier (e.g. by partner-ota-hub-uploader --createOTARecord, with the
         # server's id and versionNumber): validate it and copy it to the output unchanged.
-        record = load_record(args.from_record)
+        source = locate_record(args.from_record) if os.path.isdir(args.from_record) else args.from_record
+        load_record(source)  # validated; the bytes are copied as they are (a versionNumber "007" stays "007")
         path = record_output_path(args.output, args.s)
-        if os.path.abspath(path) != os.path.abspath(args.from_record):
-            write_record(record, path)
+        if os.path.abspath(path) != os.path.abspath(source):
+            with open(source, "rb") as fh:
+                atomic_write_bytes(path, fh.read())
         print(path)
         return 0
     if args.buildNum is None:
@@ -74,13 +76,13 @@ def cmd_package(args: argparse.Namespace) -> int:
     if args.version_number is not None:
         version_number = parse_version_number(args.version_number, "--version-number")
     elif record is not None:
-        version_number = int(record["versionNumber"])
+        version_number = record["versionNumber"]
     else:
         raise UsageError("give --record (the OTA record) or --version-number")
     ota_type = args.type if args.type is not None else (int(record["type"]) if record else 5)
     signer = make_signer(args.key, backend=args.backend, command=args.sign_command, public_key=args.public_key)
     result = package_image(args.image, args.output, signer, ota_type, version_number, record=record,
-                           embed_record=args.embed_record)
+                           embed_record=args.embed_record, durable=args.fsync)
     h = result.header
     print(f"{result.path}: type {h.ota_type}, versionNumber {h.version_number}, payload {h.payload_length} bytes, "
           f"sha256 {h.payload_sha256.hex()}, {h.sig_alg.label} key {h.key_id.hex()[:16]}")
@@ -207,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--type", type=int, metavar="T", help="OTA type byte (default: the record's, else 5 = HUB)")
     p.add_argument("--embed-record", action="store_true", help="also embed the record in the header "
                    "(makes the header longer than the 216 bytes Afero's device scripts expect)")
+    p.add_argument("--fsync", action="store_true", help="fsync the output (and its directory) before it gets its "
+                   "name, so it survives a power cut; off by default: the output is always written atomically "
+                   "(temporary file + rename), and a build artefact is rebuilt after a crash")
     add_signing_options(p)
     p.set_defaults(func=cmd_package)
 

@@ -12,45 +12,53 @@ import json
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any, Callable, Mapping, Optional
 
 from ota_build.core import header as hdr
 from ota_build.core.errors import CorruptError, DowngradeError, TruncatedError, UsageError, WrongTypeError
-from ota_build.core.files import atomic_open
+from ota_build.core.files import atomic_open, file_sha256
 from ota_build.core.signing import Keyring, Signer, verify_signature
 
 log = logging.getLogger(__name__)
 
+__all__ = ["PackResult", "VerifyResult", "check_integrity", "file_sha256", "inspect_file", "package_image", "read_header",
+           "verify_file"]
+
 CHUNK = 1 << 20
+BUFFERS = 3
 Progress = Optional[Callable[[int], None]]
 
 
 class _Writer:
-    """Writes chunks to ``dst`` while starting writeback in the background.
+    """Writes chunks to ``dst``; with ``durable``, also starts writeback in the background.
 
-    Every ``SYNC_EVERY`` bytes a background ``fdatasync`` is started (if the last
-    one finished), so dirty pages never pile up: memory stays flat on small
-    devices, and the final fsync of the atomic write has little left to do.
+    Durable: every ``SYNC_EVERY`` bytes a background ``fdatasync`` is started (if
+    the last one finished), so dirty pages never pile up: memory stays flat on
+    small devices, and the final fsync of the atomic write has little left to do.
     """
 
     SYNC_EVERY = 64 << 20
 
-    def __init__(self, dst: IO[bytes]):
-        self.dst = dst
+    def __init__(self, dst: IO[bytes], durable: bool = False):
+        dst.flush()
         self.fd = dst.fileno()
+        self.durable = durable
         self.pending = 0
         self.syncer: Optional[threading.Thread] = None
 
     def write(self, chunk: memoryview) -> None:
-        self.dst.write(chunk)
-        self.pending += len(chunk)
-        if self.pending >= self.SYNC_EVERY and (self.syncer is None or not self.syncer.is_alive()):
-            self.dst.flush()
-            self.pending = 0
-            self.syncer = threading.Thread(target=self._sync, daemon=True)
-            self.syncer.start()
+        size = len(chunk)
+        while chunk:  # os.write releases the GIL; the buffered file object is bypassed (flushed above)
+            chunk = chunk[os.write(self.fd, chunk):]
+        if self.durable:
+            self.pending += size
+            if self.pending >= self.SYNC_EVERY and (self.syncer is None or not self.syncer.is_alive()):
+                self.pending = 0
+                self.syncer = threading.Thread(target=self._sync, daemon=True)
+                self.syncer.start()
 
     def _sync(self) -> None:
         try:
@@ -63,40 +71,45 @@ class _Writer:
             self.syncer.join()
 
 
-def _copy_hashing(src: io.BufferedReader, dst: Optional[IO[bytes]], limit: Optional[int], progress: Progress) -> "tuple[bytes, int]":
+def _copy_hashing(src: IO[bytes], dst: Optional[IO[bytes]], limit: Optional[int], progress: Progress,
+                  durable: bool = False) -> "tuple[bytes, int]":
     """Copy up to ``limit`` bytes (all when None) from src to dst, returning (sha256, count).
 
-    With a destination, hashing chunk N (in a worker thread; hashlib releases
-    the GIL) overlaps writing chunk N, using two alternating buffers.
+    One pass over the data, in a ring of ``BUFFERS`` reused buffers: this thread
+    reads chunk N+1 (and writes chunk N) while a worker thread hashes chunk N
+    (hashlib and the system calls release the GIL), so the time is about that
+    of hashing alone. Without a destination it reads and hashes in this thread.
     """
     digest = hashlib.sha256()
-    buffers = [memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK))]
-    writer = _Writer(dst) if dst is not None else None
-    pool = ThreadPoolExecutor(max_workers=1) if writer else None
-    pending = None
+    buffers = [memoryview(bytearray(CHUNK)) for _ in range(BUFFERS)]
+    writer = _Writer(dst, durable) if dst is not None else None
+    # Hashing alone gains nothing from a second thread (and loses to its hand-offs on a busy machine).
+    pool = ThreadPoolExecutor(max_workers=1) if writer is not None else None
+    pending: "deque[Future[None]]" = deque()
     total = 0
     index = 0
     try:
         while limit is None or total < limit:
-            view = buffers[index % 2]
+            if len(pending) == BUFFERS - 1:
+                pending.popleft().result()
+            view = buffers[index % BUFFERS]
             index += 1
             want = CHUNK if limit is None else min(CHUNK, limit - total)
-            n = src.readinto(view[:want])
+            n = src.readinto(view[:want])  # type: ignore[attr-defined]
             if not n:
                 break
             chunk = view[:n]
-            if pool is not None and writer is not None:
-                if pending is not None:
-                    pending.result()
-                pending = pool.submit(digest.update, chunk)
-                writer.write(chunk)
-            else:
+            if pool is None:
                 digest.update(chunk)
+            else:
+                pending.append(pool.submit(digest.update, chunk))
+            if writer is not None:
+                writer.write(chunk)
             total += n
             if progress:
                 progress(n)
-        if pending is not None:
-            pending.result()
+        while pending:
+            pending.popleft().result()
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
@@ -125,10 +138,11 @@ class PackResult:
 
 def package_image(image_path: str, output_path: str, signer: Signer, ota_type: int, version_number: int,
                   record: Optional[Mapping[str, Any]] = None, embed_record: bool = False,
-                  progress: Progress = None) -> PackResult:
+                  progress: Progress = None, durable: bool = False) -> PackResult:
     """Wrap ``image_path`` into a signed ``hub_update.bin`` at ``output_path`` (atomic).
 
-    ``record`` (the OTA record) is embedded in the header when ``embed_record``.
+    ``record`` (the OTA record, ``versionNumber`` an int) is embedded in the header, as JSON, when ``embed_record``.
+    ``durable`` fsyncs the output before it gets its name (a build artefact needs not).
     """
     if not 0 <= ota_type <= 255:
         raise UsageError(f"OTA type {ota_type} is out of range 0..255")
@@ -138,14 +152,16 @@ def package_image(image_path: str, output_path: str, signer: Signer, ota_type: i
     if embed_record:
         if record is None:
             raise UsageError("--embed-record needs a record (--record)")
-        record_bytes = json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        from ota_build.core.record import record_to_json  # config and schemas are not needed to verify
+
+        record_bytes = json.dumps(record_to_json(record), sort_keys=True, separators=(",", ":")).encode("utf-8")
     src = _open_input(image_path, "image file")
     if os.path.abspath(image_path) == os.path.abspath(output_path):
         raise UsageError(f"{output_path}: output must not be the input image")
     length = hdr.header_length_for(len(record_bytes or b""), signer.max_signature_length)
-    with src, atomic_open(output_path) as out:
+    with src, atomic_open(output_path, durable=durable) as out:
         out.seek(length)
-        digest, size = _copy_hashing(src, out, None, progress)
+        digest, size = _copy_hashing(src, out, None, progress, durable)
         unsigned = hdr.Header(
             ota_type=ota_type, version_number=version_number, payload_length=size, payload_sha256=digest,
             sig_alg=signer.algorithm, key_id=signer.key_id, header_length=length, record=record_bytes,
@@ -183,12 +199,12 @@ class VerifyResult:
 
 def verify_file(path: str, keyring: Keyring, expected_type: Optional[int] = None,
                 min_version_number: Optional[int] = None, extract_to: Optional[str] = None,
-                backend: str = "auto", progress: Progress = None) -> VerifyResult:
+                backend: str = "auto", progress: Progress = None, durable: bool = False) -> VerifyResult:
     """Verify ``path`` as the device does; optionally write the payload to ``extract_to``.
 
     Order: header structure, file length, trusted key, header signature, type,
     versionNumber, payload digest. The extracted file appears (atomically)
-    only after every check has passed.
+    only after every check has passed (fsync'd first with ``durable``).
     """
     with _open_input(path, "file") as fh:
         header = _read_checked_header(fh)
@@ -204,8 +220,8 @@ def verify_file(path: str, keyring: Keyring, expected_type: Optional[int] = None
             return VerifyResult(header)
 
         # atomic_open removes the temporary file if the payload check raises.
-        with atomic_open(extract_to) as out:
-            digest, count = _copy_hashing(fh, out, header.payload_length, progress)
+        with atomic_open(extract_to, durable=durable) as out:
+            digest, count = _copy_hashing(fh, out, header.payload_length, progress, durable)
             _check_payload(header, digest, count)
         return VerifyResult(header, extract_to)
 
@@ -232,13 +248,6 @@ def check_integrity(path: str) -> hdr.Header:
         digest, count = _copy_hashing(fh, None, header.payload_length, None)
         _check_payload(header, digest, count)
     return header
-
-
-def file_sha256(path: str) -> str:
-    """SHA-256 (hex) of a whole file, read in chunks."""
-    with _open_input(path, "file") as fh:
-        digest, _ = _copy_hashing(fh, None, None, None)
-    return digest.hex()
 
 
 def _check_payload(header: hdr.Header, digest: bytes, count: int) -> None:

@@ -1,7 +1,12 @@
 """The OTA record (``full_ota_record.json``).
 
 Written exactly as the original uploader writes it: keys sorted, indent 4,
-``(',', ': ')`` separators, plus a final newline. The original code and
+``(',', ': ')`` separators, plus a final newline.
+
+Inside the library a record's ``versionNumber`` is an ``int``; in the file (and
+on the wire) it is a string of digits, as the seed writes it. The conversion
+happens here only: ``record_from_json`` when a record is read, ``record_to_json``
+when one is written (``dumps``, ``write_record``, the record embedded in a header). The original code and
 Afero's recipe use ``full_ota_record.json`` (underscores); the document also
 says ``full-ota-record.json``. We write the former and read either.
 """
@@ -65,20 +70,36 @@ def new_record(cfg: OtaConfig, build_number: int, debug: bool = False,
         "updatedTimestamp": stamp,
         "url": "",
         "version": version,
-        "versionNumber": str(number),
+        "versionNumber": number,
     }
     check_record(record, "record")
     return record
 
 
+def record_from_json(doc: Mapping[str, Any]) -> Record:
+    """A record as read from JSON (``versionNumber`` a string of digits) with ``versionNumber`` as an int."""
+    record = dict(doc)
+    if isinstance(record.get("versionNumber"), str):
+        record["versionNumber"] = int(record["versionNumber"])
+    return record
+
+
+def record_to_json(record: Mapping[str, Any]) -> Dict[str, Any]:
+    """The JSON form of ``record``: ``versionNumber`` as the string of digits the file format has."""
+    doc = dict(record)
+    if isinstance(doc.get("versionNumber"), int) and not isinstance(doc["versionNumber"], bool):
+        doc["versionNumber"] = str(doc["versionNumber"])
+    return doc
+
+
 def dumps(record: Mapping[str, Any]) -> str:
     """Serialise a record the way the original tool does (plus a final newline)."""
-    return json.dumps(record, sort_keys=True, indent=4, separators=(",", ": "), ensure_ascii=False) + "\n"
+    return json.dumps(record_to_json(record), sort_keys=True, indent=4, separators=(",", ": "), ensure_ascii=False) + "\n"
 
 
-def check_record(record: Any, where: str) -> None:
-    """Raise RecordError if ``record`` does not satisfy the record schema."""
-    problem = validate(load_schema("full_ota_record"), record)
+def check_record(record: Mapping[str, Any], where: str) -> None:
+    """Raise RecordError if ``record`` (``versionNumber`` an int) does not satisfy the record schema."""
+    problem = validate(load_schema("full_ota_record"), record_to_json(record))
     if problem:
         raise RecordError(f"{where}: {problem}")
 
@@ -114,11 +135,10 @@ def locate_record(path_or_dir: str, hint: str = "") -> str:
 
 
 def load_record(path: str) -> Record:
-    """Read and validate a record file; a directory is searched for either name."""
+    """Read and validate a record file (a directory is searched for either name); ``versionNumber`` is an int."""
     if os.path.isdir(path):
         path = locate_record(path)
-    doc = load_validated(path, "full_ota_record", "OTA record", RecordError)
-    return doc
+    return record_from_json(load_validated(path, "full_ota_record", "OTA record", RecordError))
 
 
 def record_output_path(output: Optional[str], skip_tmpdir: bool) -> str:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from ota_build.core.errors import OtaError, ServerError, VerifyError
-from ota_build.core.files import atomic_write_bytes, atomic_write_text
-from ota_build.core.package import file_sha256, verify_file
+from ota_build.core.files import atomic_write_bytes, atomic_write_text, file_sha256
+from ota_build.core.package import verify_file
 from ota_build.core.record import load_record
 from ota_build.core.signing import Keyring
 from ota_build.device.config import AgentConfig
@@ -165,7 +165,7 @@ class Agent:
     def _save_state(self, **values: Any) -> None:
         state = self._state()
         state.update(values)
-        atomic_write_text(self.state_file, json.dumps(state, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(self.state_file, json.dumps(state, indent=2, sort_keys=True) + "\n", durable=True)
 
     def installed_record(self) -> Dict[str, Any]:
         """The record installed in the running image (``/etc/full_ota_record.json``)."""
@@ -173,7 +173,7 @@ class Agent:
 
     def current_version_number(self) -> int:
         """The higher of the running image's versionNumber and the last one this agent installed."""
-        running = int(self.installed_record()["versionNumber"])
+        running: int = self.installed_record()["versionNumber"]
         return max(running, int(self._state().get("installedVersionNumber", 0)))
 
     def info(self) -> Dict[str, Any]:
@@ -185,7 +185,7 @@ class Agent:
             "description": self.config.description,
             "version": record.get("version"),
             "versionNumber": str(self.current_version_number()),
-            "runningVersionNumber": record.get("versionNumber"),
+            "runningVersionNumber": str(record["versionNumber"]),
             "lastState": state.get("lastState"),
             "lastMessage": state.get("lastMessage"),
             "pendingSlot": state.get("pendingSlot"),
@@ -232,7 +232,7 @@ class Agent:
         except (FileNotFoundError, ValueError):
             if os.path.exists(part):
                 os.unlink(part)
-        atomic_write_text(meta, json.dumps(ident))
+        atomic_write_text(meta, json.dumps(ident), durable=True)
         self.api.report("downloading", offered)
         try:
             self.api.download(offer["url"], part, int(offer["size"]))
@@ -253,7 +253,8 @@ class Agent:
             return self._finish(Outcome("rejected", offered, f"{exc.reason}: {exc}", exc.exit_code))
         header = result.header
         with open(part, "rb") as fh:  # kept beside the image, as Afero's scripts expect
-            atomic_write_bytes(os.path.join(cfg.state_dir, f"ota_type_{cfg.ota_type}.hdr"), fh.read(header.header_length))
+            atomic_write_bytes(os.path.join(cfg.state_dir, f"ota_type_{cfg.ota_type}.hdr"), fh.read(header.header_length),
+                               durable=True)
         os.unlink(part)
         record_name = self.installed_record().get("name", "")
         self.api.report("installing", header.version_number)

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shlex
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
 from ota_build.core.errors import OtaError
-from ota_build.core.files import atomic_write_text
+from ota_build.core.files import atomic_write_text, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +114,7 @@ class BootEnv:
                 with open(self.file, encoding="utf-8") as fh:
                     lines = [ln.rstrip("\n") for ln in fh if not ln.startswith(f"{self.variable}=")]
             lines.append(f"{self.variable}={value}")
-            atomic_write_text(self.file, "\n".join(lines) + "\n")
+            atomic_write_text(self.file, "\n".join(lines) + "\n", durable=True)
             return
         try:
             proc = subprocess.run([self.fw_setenv, *self.fw_config, self.variable, value], capture_output=True, text=True,
@@ -189,16 +188,9 @@ class ABInstaller:
 
 
 def _digest(path: str, length: int) -> bytes:
-    digest = hashlib.sha256()
-    remaining = length
-    with open(path, "rb") as fh:
-        while remaining:
-            chunk = fh.read(min(CHUNK, remaining))
-            if not chunk:
-                break
-            digest.update(chunk)
-            remaining -= len(chunk)
-    return digest.digest()
+    """SHA-256 of the first ``length`` bytes of ``path`` (a slot is often larger than what was written)."""
+    with open(path, "rb", buffering=0) as fh:
+        return sha256_of(fh, length)[0]
 
 
 def make_installer(spec: Mapping[str, Any]):

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import requests
 
 from ota_build.core.config import NetworkSettings, OtaConfig
+from ota_build.core.record import record_from_json, record_to_json
 from ota_build.core.errors import ServerError, UsageError
 from ota_build.core.files import atomic_write_text
 from ota_build.partner.http import RETRY_STATUSES, OtaSession, describe, tls_failure
@@ -183,20 +184,20 @@ class OtaClient:
         return bool(self.request_json("GET", path, keys=("value",))["value"])
 
     def create_record(self, name: str, description: str, version: str, ota_type: int,
-                      tags: Optional[List[str]] = None, version_number: Optional[str] = None) -> Dict[str, Any]:
+                      tags: Optional[List[str]] = None, version_number: Optional[int] = None) -> Dict[str, Any]:
         """Register a record; the server assigns ``id`` and ``versionNumber`` (or keeps ``version_number``
         when given and above the latest one)."""
         body: Dict[str, Any] = {"name": name, "description": description, "type": ota_type, "version": version,
                                 "url": "", "tags": list(tags or [])}
         if version_number is not None:
             body["versionNumber"] = str(version_number)
-        return self.request_json("POST", f"/v1/ota/partners/{self.partner}/pool", ok=(201,),
-                                 keys=("id", "versionNumber"), json=body)
+        return record_from_json(self.request_json("POST", f"/v1/ota/partners/{self.partner}/pool", ok=(201,),
+                                                  keys=("id", "versionNumber"), json=body))
 
     def update_record(self, record: Dict[str, Any]) -> None:
         """PUT the record (with its url) back."""
         self.request("PUT", f"/v1/ota/partners/{self.partner}/pool/types/{record['type']}/versionNumbers/"
-                            f"{record['versionNumber']}", ok=(204,), json=record)
+                            f"{record['versionNumber']}", ok=(204,), json=record_to_json(record))
 
     # ------------------------------------------------------------------ binaries
     def upload_binary(self, path: str, chunk_size: int = 8 * CHUNK, show_progress: bool = True) -> str:
@@ -291,7 +292,7 @@ class OtaClient:
                                  retry_safe=True, keys=("value",), json={"value": sha256})["value"]
 
     # ------------------------------------------------------------------ firmware images
-    def is_associated(self, device_type: str, ota_type: int, version_number: str) -> bool:
+    def is_associated(self, device_type: str, ota_type: int, version_number: int) -> bool:
         """Whether that versionNumber is already associated with the device type."""
         resp = self.request("GET", f"/v1/ota/partners/{self.partner}/deviceTypes/{device_type}/firmwareImages/"
                                    f"types/{ota_type}/versionNumbers/{version_number}", ok=(200, 404))
@@ -300,7 +301,7 @@ class OtaClient:
     def associate(self, device_type: str, record: Dict[str, Any]) -> Dict[str, Any]:
         """Associate the record with the device type; returns the image (its ``id`` is the imageId)."""
         return self.request_json("POST", f"/v1/ota/partners/{self.partner}/deviceTypes/{device_type}/firmwareImages",
-                                 ok=(201,), keys=("id",), json=record)
+                                 ok=(201,), keys=("id",), json=record_to_json(record))
 
     def list_images(self, device_type: str, ota_type: int, page_size: int = 100) -> List[Dict[str, Any]]:
         """Every image of the device type, over all pages."""

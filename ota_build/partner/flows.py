@@ -95,7 +95,7 @@ def upload_image(cfg: OtaConfig, record_path: str, image_path: str, client: Opti
         raise RecordError(f"{record_path}: version {record['version']} is not a build of the config's "
                           f"version {cfg.version}")
     header = inspect_file(image_path)
-    if str(header.version_number) != str(record["versionNumber"]):
+    if header.version_number != record["versionNumber"]:
         raise UsageError(f"{image_path}: header versionNumber {header.version_number} differs from the record's "
                          f"{record['versionNumber']} (package the image with this record)")
     client = client or OtaClient(cfg)
@@ -107,7 +107,7 @@ def upload_image(cfg: OtaConfig, record_path: str, image_path: str, client: Opti
         record["id"] = created["id"]
         log.info("registered the offline record %s %s (versionNumber %s) on the server", record["name"],
                  record["version"], record["versionNumber"])
-    if client.is_associated(cfg.device_type_id, int(record["type"]), str(record["versionNumber"])):
+    if client.is_associated(cfg.device_type_id, int(record["type"]), record["versionNumber"]):
         log.info("versionNumber %s is already uploaded and associated; nothing to do", record["versionNumber"])
         return UploadResult(record, "", record.get("url", ""), None, already=True)
     sha = client.upload_binary(image_path, show_progress=show_progress)

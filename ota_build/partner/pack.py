@@ -14,7 +14,6 @@ failed) and sent ``content`` as a file part; here the digest is computed and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from typing import Any, Dict, List, Optional, Set
 from ota_build.core.config import NetworkSettings
 from ota_build.core.errors import ServerError, UsageError
 from ota_build.core.names import check_name
-from ota_build.core.files import atomic_open, atomic_write_text
+from ota_build.core.files import file_sha256, atomic_open, atomic_write_text
 from ota_build.partner.client import VERIFY_BYTES_PER_SECOND
 from ota_build.partner.http import OtaSession
 
@@ -109,12 +108,7 @@ def zip_folder(folder: str, output: str, own: Optional[OwnOutputs] = None) -> st
                         log.info("%s: left out of the zip (an output of pack)", full)
                         continue
                     zf.write(full, os.path.relpath(full, folder))
-    # TODO(core): file_sha256
-    digest = hashlib.sha256()
-    with open(output, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(output)
 
 
 def make_content(package: str, branch: str, version: str, sha256: str, server: str = "",

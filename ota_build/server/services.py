@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from ota_build.core.errors import OtaError
 from ota_build.core.names import check_name
-from ota_build.core.package import file_sha256
+from ota_build.core.files import file_sha256
 from ota_build.server import auth
 from ota_build.server.models import (Binary, Deployment, Device, DeviceType, FirmwareImage, OtaRecord, Package, PackageOwner,
                                      Partner, PartnerKey, Token, UploadSession, utcnow)

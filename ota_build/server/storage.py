@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import AsyncIterator, Iterable, Iterator, Tuple
 
+from ota_build.core.files import fsync_dir
 from ota_build.core.header import Header
 from ota_build.core.names import check_name
 from ota_build.core.package import check_integrity, verify_file
@@ -33,14 +34,6 @@ CHUNK = 1024 * 1024
 class TooLarge(Exception):
     """The body exceeds the configured size limit."""
 
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or a new file in ``directory`` durable (fsync of the directory itself)."""
-    fd = os.open(str(directory), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Sink:
@@ -124,7 +117,7 @@ class Storage:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp_path, 0o644)
         os.replace(tmp_path, final)
-        fsync_dir(final.parent)
+        fsync_dir(final.parent, strict=True)
 
     # ------------------------------------------------------------------ resumable uploads
     def part_path(self, upload_id: str) -> Path:
@@ -141,7 +134,7 @@ class Storage:
             os.fsync(fd)
         finally:
             os.close(fd)
-        fsync_dir(part.parent)
+        fsync_dir(part.parent, strict=True)
         return part
 
     # ------------------------------------------------------------------ seed-001 packages

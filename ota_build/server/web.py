@@ -6,7 +6,6 @@ device states are for their partner only (``ota-build devices``)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -15,6 +14,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from ota_build.core.files import file_sha256
 from ota_build.server import services
 from ota_build.server.auth import principal_for
 from ota_build.server.services import ServiceError
@@ -52,12 +52,10 @@ async def web_upload(request: Request, token: str = Form(..., max_length=200),
         return RedirectResponse("/?error=" + _q("a valid partner token is required"), status_code=303)
 
     def work() -> str:
-        digest = hashlib.sha256()
-        for chunk in iter(lambda: file.file.read(1024 * 1024), b""):
-            digest.update(chunk)
+        sha256 = file_sha256(file.file)
         file.file.seek(0)
         content = {"package": package, "description": description, "updateInfo": "", "version": version,
-                   "branch": branch, "local": "", "remote": str(request.base_url), "sha256": digest.hexdigest(),
+                   "branch": branch, "local": "", "remote": str(request.base_url), "sha256": sha256,
                    "BeforeUpdate": "", "AfterUpdate": "", "dependencies": {}}
         with request.app.state.db.session() as s:
             stored = services.store_package(s, request.app.state.storage, json.dumps(content), file.file, False,
