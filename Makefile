@@ -5,6 +5,9 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-test
 SSTAMP  = $(VENV)/.installed-server
+# pytest-xdist processes for `make test` (auto: one per CPU; 0: no workers, all in this process).
+# Whole files go to one worker (--dist loadfile), so a file's module-scoped server is started once.
+TEST_WORKERS ?= auto
 
 .PHONY: demo test bench lint clean
 
@@ -29,7 +32,7 @@ demo: $(SSTAMP)
 test: $(STAMP)
 	$(BIN)/ruff check ota_build tests benchmarks
 	$(BIN)/mypy ota_build
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 ## bench: speed and memory benchmarks (1 GiB image; see benchmarks/README.md)
 bench: $(STAMP)
