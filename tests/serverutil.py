@@ -152,9 +152,12 @@ def stop_server(srv: Server) -> None:
         srv.proc.wait()
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="session", params=BACKENDS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A real server for this test module (SQLite, and PostgreSQL when configured)."""
+    """A real server (SQLite, and PostgreSQL when configured), shared by the tests of this pytest process
+    (each xdist worker has its own): tests keep apart through their own ``partner`` (own partner id,
+    device type and credentials) and names derived from it. A test that needs a server of its own, or
+    other server options, starts one with ``start_server``."""
     base = tmp_path_factory.mktemp(f"server-{request.param}")
     db_url = fresh_pg_database() if request.param == "postgresql" else None
     srv = start_server(base / "data", db_url, request.param)
