@@ -5,6 +5,15 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-test
 SSTAMP  = $(VENV)/.installed-server
+# pytest-xdist processes for `make test` (auto: one per CPU; 0: no workers, all in this process).
+# Whole files go to one worker (--dist loadfile), so a file's module-scoped server is started once.
+TEST_WORKERS ?= auto
+# pytest's tmp_path (servers' data and SQLite files included) on tmpfs when /dev/shm is writable, lets
+# scripts run and has 2 GiB free: on a disk every SQLite commit and rewritten file waits for it.
+# TEST_TEMPROOT= keeps them under $$TMPDIR.
+TEST_TEMPROOT ?= $(shell d=/dev/shm; f=$$(mktemp -p $$d ota-test-XXXXXX 2>/dev/null) || exit 0; \
+	printf '\043!/bin/sh\n' > $$f; chmod +x $$f; ok=$$($$f 2>/dev/null && echo y); rm -f $$f; \
+	[ "$$ok" = y ] && [ "$$(df -Pk $$d | awk 'NR==2{print $$4}')" -gt 2097152 ] && echo $$d)
 
 .PHONY: demo test bench lint clean
 
@@ -29,7 +38,7 @@ demo: $(SSTAMP)
 test: $(STAMP)
 	$(BIN)/ruff check ota_build tests benchmarks
 	$(BIN)/mypy ota_build
-	$(BIN)/python -m pytest -q
+	PYTEST_DEBUG_TEMPROOT=$(TEST_TEMPROOT) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 ## bench: speed and memory benchmarks (1 GiB image; see benchmarks/README.md)
 bench: $(STAMP)

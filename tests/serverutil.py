@@ -6,11 +6,14 @@ the fixtures are available to every test module.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,7 +23,9 @@ from typing import Any, Dict, Iterator, List, Optional
 import pytest
 import requests
 
-from .conftest import SEED_CONFIG, run_cli, script
+from .conftest import SEED_CONFIG, script
+
+_ADMIN_LOCK = threading.Lock()  # redirect_stdout is process-wide
 
 PG_URL = os.environ.get("OTA_TEST_DATABASE_URL", "")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
@@ -76,31 +81,63 @@ class Server:
         return args
 
     def admin(self, *args: str) -> Dict[str, Any]:
-        """Run ``ota-build admin ...``; its JSON output."""
-        proc = run_cli("ota-build", "admin", *self.db_args(), *args, check=0)
-        return json.loads(proc.stdout)
+        """Run ``ota-build admin ...``; its JSON output.
+
+        In this process: the same argument parsing and ``cmd_admin`` as the console script (whose own
+        behaviour tests/test_server_admin.py checks through real processes), without an interpreter start
+        and imports per call (seconds each on a busy machine; fixtures call this for every test).
+        """
+        from ota_build.cli.build import build_parser
+
+        parsed = build_parser().parse_args(["admin", *self.db_args(), *args])
+        out = io.StringIO()
+        with _ADMIN_LOCK, contextlib.redirect_stdout(out):
+            code = parsed.func(parsed)
+        assert code == 0, f"ota-build admin {' '.join(args)}: exit {code}\n{out.getvalue()}"
+        return json.loads(out.getvalue())
 
 
 def start_server(data_dir: Path, database_url: Optional[str], backend: str = "sqlite",
                  extra: Optional[List[str]] = None) -> Server:
-    """Start ``ota-build serve`` on a free loopback port and wait until it answers."""
+    """Start ``ota-build serve`` on a free loopback port and wait until it answers.
+
+    The port is free when chosen, but another test process (pytest-xdist worker) may take it before the
+    server binds it; then the server exits at once saying so, and it is started again on another port."""
+    for _ in range(5):
+        try:
+            return _start_server_once(data_dir, database_url, backend, extra)
+        except _PortTaken:
+            continue
+    raise RuntimeError("no free port after 5 attempts")
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
+def _start_server_once(data_dir: Path, database_url: Optional[str], backend: str,
+                       extra: Optional[List[str]]) -> Server:
     port = free_port()
     args = script("ota-build") + ["serve", "--port", str(port), "--data-dir", str(data_dir)] + (extra or [])
     if database_url:
         args += ["--database-url", database_url]
-    log = open(data_dir.parent / f"server-{port}.log", "wb")
+    log_path = data_dir.parent / f"server-{port}.log"
+    log = open(log_path, "wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()  # the child has its own copy
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: "
-                               f"{(data_dir.parent / f'server-{port}.log').read_text()}")
+            text = log_path.read_text()
+            if "address already in use" in text.lower():
+                raise _PortTaken(text)
+            raise RuntimeError(f"server exited with {proc.returncode}: {text}")
         try:
             if requests.get(url + "/test", timeout=1).status_code == 200:
                 return Server(url, data_dir, database_url, proc, backend)
         except requests.ConnectionError:
-            time.sleep(0.1)
+            time.sleep(0.05)
     proc.kill()
     raise RuntimeError("server did not start within 60 s")
 
@@ -115,9 +152,12 @@ def stop_server(srv: Server) -> None:
         srv.proc.wait()
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="session", params=BACKENDS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A real server for this test module (SQLite, and PostgreSQL when configured)."""
+    """A real server (SQLite, and PostgreSQL when configured), shared by the tests of this pytest process
+    (each xdist worker has its own): tests keep apart through their own ``partner`` (own partner id,
+    device type and credentials) and names derived from it. A test that needs a server of its own, or
+    other server options, starts one with ``start_server``."""
     base = tmp_path_factory.mktemp(f"server-{request.param}")
     db_url = fresh_pg_database() if request.param == "postgresql" else None
     srv = start_server(base / "data", db_url, request.param)
