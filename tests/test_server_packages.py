@@ -315,3 +315,24 @@ def test_pack_token_message_and_help(server, partner, tmp_path):
     assert "default: $OTA_TOKEN" not in line and "OTA_TOKEN" in line and "token itself" in line
     line = next(x for x in helptext.splitlines() if x.strip().startswith("--server"))
     assert "required unless --no-upload" in line
+
+
+def test_upload_with_the_token_as_http_basic(server, partner):
+    """Seed 001's pack.py sends no bearer header: http://token:KEY@host works through its URL (HTTP Basic)."""
+    token = partner.api_token()
+    pkg = f"basic{partner.partner_id.lower()}"[:60]
+    data = a_zip("basic")
+    host = server.url.split("://", 1)[1]
+
+    def put_basic(user: str, key: str, version: str) -> requests.Response:
+        return requests.put(f"http://{user}:{key}@{host}/upload",
+                            files={"file": ("p.zip", data)}, data={"content": json.dumps(content_for(data, pkg, version=version))})
+
+    ok = put_basic("token", token, "1.0.0")
+    assert ok.status_code == 200, ok.text
+    latest = requests.get(f"{server.url}/latestVersion", params={"package": pkg, "branch": "major"}).json()
+    assert json.loads(latest["content.json"])["version"] == "1.0.0"
+    wrong_user = put_basic("admin", token, "1.0.1")
+    assert wrong_user.status_code == 401 and "user 'token'" in wrong_user.json()["message"]
+    assert put_basic("token", "bogus", "1.0.1").status_code == 401
+    assert put_basic("token", partner.device("basic-dev"), "1.0.1").status_code == 403

@@ -116,6 +116,29 @@ def authenticate(request: Request) -> Principal:
     return principal
 
 
+#: the user name under which HTTP Basic carries an API token (``http://token:KEY@host/``)
+BASIC_TOKEN_USER = "token"
+
+
+def authenticate_or_basic(request: Request) -> Principal:
+    """FastAPI dependency for the seed tools that cannot send a bearer header (seed 001's ``pack.py``,
+    seed 002's ``publish.py``, seed 000's curl commands): the token as ``Authorization: Bearer <token>``
+    or as HTTP Basic with user ``token`` and the token as password, so ``http://token:KEY@host:port``
+    works unchanged in their URLs. Else 401."""
+    header = request.headers.get("authorization", "")
+    basic = parse_basic(header)
+    if basic is None:
+        return authenticate(request)
+    user, token = basic
+    if user != BASIC_TOKEN_USER or not token.strip():
+        raise HTTPException(status_code=401, detail=f"HTTP Basic carries a token as user '{BASIC_TOKEN_USER}'",
+                            headers={"WWW-Authenticate": 'Basic realm="ota", Bearer'})
+    principal = principal_for(request.app.state.db, token.strip())
+    if principal is None:
+        raise _unauthorized("invalid or expired token")
+    return principal
+
+
 def require_partner(principal: Principal, partner_id: Optional[str] = None) -> Principal:
     """403 unless ``principal`` is a partner token (of ``partner_id`` when given)."""
     if principal.kind != "partner":

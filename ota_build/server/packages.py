@@ -22,7 +22,7 @@ from sqlalchemy import bindparam, select
 
 from ota_build.core.names import check_name
 from ota_build.server import services
-from ota_build.server.auth import Principal, authenticate, require_partner
+from ota_build.server.auth import Principal, authenticate_or_basic, require_partner
 from ota_build.server.models import Package
 from ota_build.server.responses import STATUS_OF_KIND, RangeFileResponse
 from ota_build.server.services import ServiceError
@@ -204,7 +204,7 @@ def store_package(request: Request, content_text: str, upload: IO[bytes], overwr
 @router.put("/upload")
 async def upload(request: Request, file: Optional[UploadFile] = File(None), content: Optional[str] = Form(None),
                  force: Optional[str] = Query(None, max_length=8), overwrite: Optional[str] = Query(None, max_length=8),
-                 principal: Principal = Depends(authenticate)) -> JSONResponse:
+                 principal: Principal = Depends(authenticate_or_basic)) -> JSONResponse:
     """Upload a package: multipart ``file`` plus ``content`` (its content.json, a form field).
     The sha256 is recomputed; an existing version is refused unless ``overwrite=1`` (or ``force=1``)."""
     require_partner(principal)
