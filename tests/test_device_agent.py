@@ -130,12 +130,13 @@ def test_interrupted_download_resumes(server, partner, keys, tmp_path, caplog):
     offer = agent.api.check(5, 0)
     state = conf.parent / "var/lib/ota-agent"
     state.mkdir(parents=True, exist_ok=True)
-    full = requests.get(server.url + offer["url"], headers={"Authorization": f"Bearer {token}"}, timeout=30).content
-    assert hashlib.sha256(full).hexdigest() == offer["sha256"]
+    assert offer is not None
+    full = requests.get(server.url + offer.url, headers={"Authorization": f"Bearer {token}"}, timeout=30).content
+    assert hashlib.sha256(full).hexdigest() == offer.sha256
     # A download cut off half-way, as a dropped connection leaves it.
     (state / "hub_update.bin.part").write_bytes(full[: len(full) // 2])
-    (state / "download.json").write_text(json.dumps({"imageId": str(offer["imageId"]), "sha256": offer["sha256"],
-                                                     "size": offer["size"]}))
+    (state / "download.json").write_text(json.dumps({"imageId": offer.image_id, "sha256": offer.sha256,
+                                                     "size": offer.size}))
     caplog.set_level(logging.INFO)
     assert agent.check_once().state == "installed"
     assert f"resuming download at byte {len(full) // 2}" in caplog.text

@@ -26,7 +26,7 @@ def payload(tmp_path):
 def file_slots(tmp_path):
     a, b = tmp_path / "slot-a.img", tmp_path / "slot-b.img"
     a.write_bytes(b"running system A" * 1000)
-    b.write_bytes(b"old system B")
+    b.write_bytes(b"old system B".ljust(4 << 20, b"\0"))  # a slot's size is its capacity (payload: 3 MiB + 4)
     return a, b
 
 
@@ -39,7 +39,7 @@ def test_ab_writes_inactive_slot_and_switches_file_env(tmp_path, payload):
     assert inst.active_slot() == "a" and inst.inactive_slot() == "b"
     res = inst.install(str(payload), sha(payload))
     assert res.slot == "b"
-    assert b.read_bytes() == payload.read_bytes()
+    assert b.read_bytes()[:payload.stat().st_size] == payload.read_bytes()
     assert a.read_bytes() == a_before
     assert env.read_text() == "other=1\nota_slot=b\n"
     # The next update goes to the other slot.
@@ -89,7 +89,7 @@ def test_ab_with_real_uboot_environment(tmp_path, payload):
     inst.install(str(payload), sha(payload))
     out = subprocess.run(["fw_printenv", "-c", str(conf), "-n", "bootpart"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0:4"
-    assert b.read_bytes() == payload.read_bytes()
+    assert b.read_bytes()[:payload.stat().st_size] == payload.read_bytes()
     out = subprocess.run(["fw_printenv", "-c", str(conf), "-n", "bootdelay"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"  # the rest of the environment is kept
 

@@ -24,12 +24,18 @@ from ota_build.core.signing import Keyring, Signer, verify_signature
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PackResult", "VerifyResult", "check_integrity", "file_sha256", "inspect_file", "package_image", "read_header",
-           "verify_file"]
+__all__ = ["PackResult", "VerifyResult", "VersionMismatchError", "check_integrity", "file_sha256", "inspect_file",
+           "package_image", "read_header", "verify_file"]
 
 CHUNK = 1 << 20
 BUFFERS = 3
 Progress = Optional[Callable[[int], None]]
+
+
+class VersionMismatchError(CorruptError):
+    """The signed header's versionNumber is not the one the file was offered (or asked) as."""
+
+    reason = "version-mismatch"
 
 
 class _Writer:
@@ -162,6 +168,8 @@ def package_image(image_path: str, output_path: str, signer: Signer, ota_type: i
     with src, atomic_open(output_path, durable=durable) as out:
         out.seek(length)
         digest, size = _copy_hashing(src, out, None, progress, durable)
+        if size == 0:  # raised inside the with: the temporary output is removed, output_path is untouched
+            raise UsageError(f"{image_path}: the image is empty (0 bytes): nothing to package")
         unsigned = hdr.Header(
             ota_type=ota_type, version_number=version_number, payload_length=size, payload_sha256=digest,
             sig_alg=signer.algorithm, key_id=signer.key_id, header_length=length, record=record_bytes,
@@ -199,11 +207,13 @@ class VerifyResult:
 
 def verify_file(path: str, keyring: Keyring, expected_type: Optional[int] = None,
                 min_version_number: Optional[int] = None, extract_to: Optional[str] = None,
-                backend: str = "auto", progress: Progress = None, durable: bool = False) -> VerifyResult:
+                backend: str = "auto", progress: Progress = None, durable: bool = False,
+                expected_version_number: Optional[int] = None) -> VerifyResult:
     """Verify ``path`` as the device does; optionally write the payload to ``extract_to``.
 
     Order: header structure, file length, trusted key, header signature, type,
-    versionNumber, payload digest. The extracted file appears (atomically)
+    versionNumber (equal to ``expected_version_number``, e.g. the offer's, and at
+    least ``min_version_number``), payload digest. The extracted file appears (atomically)
     only after every check has passed (fsync'd first with ``durable``).
     """
     with _open_input(path, "file") as fh:
@@ -212,6 +222,9 @@ def verify_file(path: str, keyring: Keyring, expected_type: Optional[int] = None
         verify_signature(key, header.sig_alg, header.signed_bytes(), header.signature, backend=backend)
         if expected_type is not None and header.ota_type != expected_type:
             raise WrongTypeError(f"OTA type is {header.ota_type}, expected {expected_type}")
+        if expected_version_number is not None and header.version_number != expected_version_number:
+            raise VersionMismatchError(f"the signed header says versionNumber {header.version_number}, "
+                                       f"but it was offered as {expected_version_number}")
         if min_version_number is not None and header.version_number < min_version_number:
             raise DowngradeError(f"versionNumber {header.version_number} is below the minimum {min_version_number}")
         if extract_to is None:

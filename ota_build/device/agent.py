@@ -8,7 +8,10 @@ greater than the installed one is refused (downgrade/replay) unless
 ``allowDowngrade`` is set.
 
 HTTP uses the standard library's ``urllib`` so the agent needs no extra
-package on the device (docs/decisions.md).
+package on the device (docs/decisions.md). The device token is sent only to the
+configured server's origin (scheme, host, port), on every hop of a redirect;
+an image URL elsewhere is fetched without it, and only from an origin listed in
+``downloadOrigins``. Every offer is validated in ``parse_offer`` before use.
 """
 
 from __future__ import annotations
@@ -16,15 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional, Tuple
 
-from ota_build.core.errors import OtaError, ServerError, VerifyError
+from ota_build.core.errors import CorruptError, OtaError, ServerError, VerifyError
 from ota_build.core.files import atomic_write_bytes, atomic_write_text, file_sha256
 from ota_build.core.package import verify_file
 from ota_build.core.record import load_record
@@ -36,6 +40,96 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 USER_AGENT = "ota-agent/1"
+MAX_OFFER_BYTES = 64 << 10  # an offer is a few hundred bytes of JSON
+MAX_VERSION_NUMBER = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]{1,19}")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+Origin = Tuple[str, str, int]
+
+
+class BadOfferError(ServerError):
+    """The server's answer to ``/update`` is not a usable offer (refused; nothing downloaded)."""
+
+
+class OriginError(ServerError):
+    """A URL (offer or redirect) points to an origin the agent may not fetch from."""
+
+
+class EmptyPayloadError(CorruptError):
+    """The verified image carries an empty payload: there is nothing to install."""
+
+    reason = "empty-payload"
+
+
+def url_origin(url: str) -> Origin:
+    """``(scheme, host, port)`` of an absolute http(s) URL; ValueError when it is not one."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an absolute http(s) URL")
+    port = parts.port  # ValueError for a port out of range
+    return scheme, parts.hostname.lower(), port if port is not None else (443 if scheme == "https" else 80)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A validated answer to ``GET /v1/devices/{device}/update``."""
+
+    version_number: int
+    size: int
+    sha256: str
+    url: str
+    image_id: str = ""
+    version: str = ""
+
+
+def _bad(what: str) -> BadOfferError:
+    return BadOfferError(f"malformed offer: {what}; nothing was downloaded")
+
+
+def parse_offer(body: bytes) -> Offer:
+    """The offer in ``body`` (the JSON the server sent), or BadOfferError saying what is wrong.
+
+    versionNumber: an integer 0..2^63-1 or its digits as a string; size: a positive integer; sha256: 64 hex
+    digits; url: a path on the server (``/...``) or an absolute http(s) URL; imageId and version: optional.
+    """
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise _bad("the answer is not JSON") from None
+    if not isinstance(doc, dict):
+        raise _bad(f"expected a JSON object, got {type(doc).__name__}")
+    missing = [k for k in ("versionNumber", "size", "sha256", "url") if k not in doc]
+    if missing:
+        raise _bad("field(s) " + ", ".join(repr(k) for k in missing) + " missing")
+    raw_vn = doc["versionNumber"]
+    if isinstance(raw_vn, str) and _DIGITS.fullmatch(raw_vn):
+        version_number = int(raw_vn)
+    elif isinstance(raw_vn, int) and not isinstance(raw_vn, bool):
+        version_number = raw_vn
+    else:
+        raise _bad(f"field 'versionNumber': {str(raw_vn)[:40]!r} is not a versionNumber")
+    if not 0 <= version_number <= MAX_VERSION_NUMBER:
+        raise _bad(f"field 'versionNumber': {version_number} is out of range")
+    size = doc["size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise _bad(f"field 'size': {str(size)[:40]!r} is not a positive integer")
+    sha = doc["sha256"]
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        raise _bad(f"field 'sha256': {str(sha)[:70]!r} is not 64 hex digits")
+    url = doc["url"]
+    if not isinstance(url, str) or not url or any(c.isspace() or ord(c) < 32 for c in url):
+        raise _bad(f"field 'url': {str(url)[:80]!r} is not a URL")
+    if not (url.startswith("/") and not url.startswith("//")):
+        try:
+            url_origin(url)
+        except ValueError:
+            raise _bad(f"field 'url': {url[:80]!r} is neither a path on the server nor an http(s) URL") from None
+    image_id, version = doc.get("imageId", ""), doc.get("version", "")
+    if not isinstance(image_id, (str, int)) or isinstance(image_id, bool) or not isinstance(version, (str, type(None))):
+        raise _bad("field 'imageId' or 'version' has the wrong type")
+    return Offer(version_number, size, sha.lower(), url, str(image_id), version or "")
 
 
 @dataclass(frozen=True)
@@ -48,20 +142,70 @@ class Outcome:
     exit_code: int = 0
 
 
-class ServerApi:
-    """The device half of the OTA service API (docs/server.md)."""
+class _OriginRedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to an allowed origin, and gives the token back only on the server's origin.
 
-    def __init__(self, base: str, device: str, token: str, timeout: float = 30.0):
+    The token is an unredirected header, so urllib never copies it to the next hop; this handler adds it
+    again when (and only when) the next hop is the configured server's origin.
+    """
+
+    def __init__(self, api: "ServerApi"):
+        super().__init__()
+        self.api = api
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> Optional[urllib.request.Request]:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is None:
+            return None
+        self.api.check_allowed(new.full_url, f"redirect ({code}) from {req.full_url}")
+        new.remove_header("Authorization")
+        self.api.authorise(new)
+        return new
+
+
+class ServerApi:
+    """The device half of the OTA service API (docs/server.md).
+
+    The token goes to ``base``'s origin only; ``download_origins`` (``http(s)://host[:port]``) are the other
+    origins images may come from (without the token).
+    """
+
+    def __init__(self, base: str, device: str, token: str, timeout: float = 30.0,
+                 download_origins: Iterable[str] = ()):
         self.base = base.rstrip("/")
         self.device = device
         self.token = token
         self.timeout = timeout
+        self.origin = url_origin(self.base)
+        self.download_origins = {url_origin(o) for o in download_origins}
+        self.opener = urllib.request.build_opener(_OriginRedirectHandler(self))
+
+    def resolve(self, url: str) -> str:
+        """An absolute URL: a path (``/...``) is on the server."""
+        return url if url.startswith(("http://", "https://")) else self.base + url
+
+    def check_allowed(self, url: str, what: str = "URL") -> None:
+        """OriginError unless ``url`` is on the server's origin or a configured download origin."""
+        try:
+            origin = url_origin(url)
+        except ValueError as exc:
+            raise OriginError(f"{what}: {exc}") from None
+        if origin != self.origin and origin not in self.download_origins:
+            raise OriginError(f"{what} points to {origin[0]}://{origin[1]}:{origin[2]}, which is neither the server "
+                              "nor in downloadOrigins; refused (the device token never leaves the server's origin)")
+
+    def authorise(self, req: urllib.request.Request) -> None:
+        """Add the device token to ``req`` if it goes to the server's origin (never copied to a redirect)."""
+        if url_origin(req.full_url) == self.origin:
+            req.add_unredirected_header("Authorization", f"Bearer {self.token}")
 
     def _request(self, method: str, path: str, body: Optional[bytes] = None,
                  headers: Optional[Dict[str, str]] = None) -> urllib.request.Request:
-        url = path if path.startswith(("http://", "https://")) else self.base + path
+        url = self.resolve(path)
+        self.check_allowed(url, f"{method} {url}")
         req = urllib.request.Request(url, data=body, method=method)
-        req.add_header("Authorization", f"Bearer {self.token}")
+        self.authorise(req)
         req.add_header("User-Agent", USER_AGENT)
         for key, value in (headers or {}).items():
             req.add_header(key, value)
@@ -69,7 +213,7 @@ class ServerApi:
 
     def _open(self, req: urllib.request.Request):
         try:
-            return urllib.request.urlopen(req, timeout=self.timeout)  # noqa: S310 (URL from local config)
+            return self.opener.open(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             detail = exc.read(300).decode("utf-8", "replace").strip().replace("\n", " ")
             raise ServerError(f"{req.get_method()} {req.full_url}: HTTP {exc.code} {detail}") from None
@@ -77,14 +221,17 @@ class ServerApi:
             reason = getattr(exc, "reason", exc)
             raise ServerError(f"{req.get_method()} {req.full_url}: cannot connect ({reason})") from None
 
-    def check(self, ota_type: int, version_number: int) -> Optional[Dict[str, Any]]:
-        """The update offered to this device, or None."""
+    def check(self, ota_type: int, version_number: int) -> Optional[Offer]:
+        """The update offered to this device (validated: BadOfferError), or None."""
         query = urllib.parse.urlencode({"type": ota_type, "versionNumber": version_number})
         dev = urllib.parse.quote(self.device, safe="")
         with self._open(self._request("GET", f"/v1/devices/{dev}/update?{query}")) as resp:
             if resp.status == 204:
                 return None
-            return json.loads(resp.read().decode("utf-8"))
+            body = resp.read(MAX_OFFER_BYTES + 1)
+        if len(body) > MAX_OFFER_BYTES:
+            raise _bad(f"the answer is longer than {MAX_OFFER_BYTES} bytes")
+        return parse_offer(body)
 
     def report(self, state: str, version_number: Optional[int], message: str = "") -> None:
         """Tell the server how this device is doing; never raises (logged)."""
@@ -98,7 +245,10 @@ class ServerApi:
             log.warning("could not report state %s: %s", state, exc)
 
     def download(self, url: str, dest: str, size: int, retries: int = 5, backoff: float = 0.5) -> None:
-        """Download ``url`` to ``dest``, resuming what ``dest`` already holds."""
+        """Download ``url`` to ``dest``, resuming what ``dest`` already holds.
+
+        An OriginError (the URL or a redirect leaves the allowed origins) is raised at once, not retried.
+        """
         attempt = 0
         while True:
             have = os.path.getsize(dest) if os.path.exists(dest) else 0
@@ -133,6 +283,8 @@ class ServerApi:
                 if os.path.getsize(dest) == size:
                     return
                 raise ServerError(f"GET {url}: connection ended at {os.path.getsize(dest)} of {size} bytes")
+            except OriginError:
+                raise
             except (ServerError, OSError) as exc:
                 attempt += 1
                 if attempt > retries:
@@ -147,7 +299,8 @@ class Agent:
 
     def __init__(self, config: AgentConfig, api: Optional[ServerApi] = None):
         self.config = config
-        self.api = api or ServerApi(config.server, config.device, config.device_token)
+        self.api = api or ServerApi(config.server, config.device, config.device_token,
+                                    download_origins=config.download_origins)
         self.installer = make_installer(config.installer)
         self.keyring = Keyring.from_files(config.public_keys)
         os.makedirs(config.state_dir, exist_ok=True)
@@ -212,19 +365,33 @@ class Agent:
             self.api.report(outcome.state, outcome.version_number, outcome.message)
         return outcome
 
+    def _refuse(self, offered: Optional[int], exc: OtaError, reason: str) -> Outcome:
+        """Log one line for a refused offer or image and report it; nothing was installed."""
+        log.error("refused the image offered as versionNumber %s: %s: %s; nothing was installed", offered, reason, exc)
+        return self._finish(Outcome("rejected", offered, f"{reason}: {exc}", exc.exit_code))
+
     def check_once(self) -> Outcome:
         """Ask for an update and, if there is one, download, verify and install it."""
         cfg = self.config
         current = self.current_version_number()
-        offer = self.api.check(cfg.ota_type, current)
+        try:
+            offer = self.api.check(cfg.ota_type, current)
+        except BadOfferError as exc:
+            log.error("refused the offer: %s", exc)
+            return self._finish(Outcome("rejected", None, f"bad-offer: {exc}", exc.exit_code))
         if offer is None:
             log.info("no update for %s (versionNumber %d)", cfg.device, current)
             return self._finish(Outcome("no-update", current))
-        offered = int(offer.get("versionNumber", 0) or 0)
-        log.info("update offered: version %s, versionNumber %s, %s bytes", offer.get("version"), offered, offer.get("size"))
+        offered = offer.version_number
+        log.info("update offered: version %s, versionNumber %d, %d bytes", offer.version, offered, offer.size)
+        url = self.api.resolve(offer.url)
+        try:
+            self.api.check_allowed(url, "the offer's url")
+        except OriginError as exc:
+            return self._refuse(offered, exc, "bad-origin")
         part = os.path.join(cfg.state_dir, "hub_update.bin.part")
         meta = os.path.join(cfg.state_dir, "download.json")
-        ident = {"imageId": str(offer.get("imageId")), "sha256": offer.get("sha256"), "size": offer.get("size")}
+        ident = {"imageId": offer.image_id, "sha256": offer.sha256, "size": offer.size}
         try:
             with open(meta, encoding="utf-8") as fh:
                 if json.load(fh) != ident and os.path.exists(part):
@@ -235,22 +402,25 @@ class Agent:
         atomic_write_text(meta, json.dumps(ident), durable=True)
         self.api.report("downloading", offered)
         try:
-            self.api.download(offer["url"], part, int(offer["size"]))
+            self.api.download(url, part, offer.size)
+        except OriginError as exc:
+            return self._refuse(offered, exc, "bad-origin")
         except ServerError as exc:
             return self._finish(Outcome("failed", offered, f"download: {exc}", exc.exit_code))
-        if offer.get("sha256") and file_sha256(part) != offer["sha256"]:
+        if file_sha256(part) != offer.sha256:
             os.unlink(part)
             return self._finish(Outcome("failed", offered, "download does not match the server's SHA-256", 10))
         payload = os.path.join(cfg.state_dir, f"ota_type_{cfg.ota_type}.img")
         minimum = None if cfg.allow_downgrade else current + 1
         try:
             result = verify_file(part, self.keyring, expected_type=cfg.ota_type, min_version_number=minimum,
-                                 extract_to=payload, backend=cfg.verify_backend)
+                                 extract_to=payload, backend=cfg.verify_backend, expected_version_number=offered)
+            if result.header.payload_length == 0:
+                os.unlink(payload)
+                raise EmptyPayloadError("the image's payload is empty (0 bytes)")
         except VerifyError as exc:
             os.unlink(part)
-            log.error("refused the image offered as versionNumber %s: %s: %s; nothing was installed",
-                      offered, exc.reason, exc)
-            return self._finish(Outcome("rejected", offered, f"{exc.reason}: {exc}", exc.exit_code))
+            return self._refuse(offered, exc, exc.reason)
         header = result.header
         with open(part, "rb") as fh:  # kept beside the image, as Afero's scripts expect
             atomic_write_bytes(os.path.join(cfg.state_dir, f"ota_type_{cfg.ota_type}.hdr"), fh.read(header.header_length),
@@ -273,12 +443,17 @@ class Agent:
         return self._finish(Outcome("installed", header.version_number, installed.detail))
 
     def run(self, stop=None) -> None:
-        """Poll forever (or until ``stop`` is set), one check per pollInterval."""
+        """Poll forever (or until ``stop`` is set), one check per pollInterval.
+
+        No failure of one check ends the loop (sysvinit does not restart the agent): each is one log line.
+        """
         while stop is None or not stop.is_set():
             try:
                 self.check_once()
             except OtaError as exc:
                 log.error("check failed: %s", exc)
+            except Exception as exc:  # noqa: BLE001 (the loop must survive anything one check does)
+                log.error("check failed (%s): %s", type(exc).__name__, exc)
             if stop is not None:
                 stop.wait(self.config.poll_interval)
             else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -46,6 +47,7 @@ class AgentConfig:
     allow_downgrade: bool = False
     poll_interval: int = 300
     verify_backend: str = "auto"
+    download_origins: List[str] = field(default_factory=list)
 
     def package_for(self, name: str) -> Optional[Dict[str, Any]]:
         """The installed package entry (content.json) whose ``package`` is ``name``, else the only one."""
@@ -87,6 +89,15 @@ def load_agent_config(path: str, env: Optional[Mapping[str, str]] = None) -> Age
     flask = doc.get("flask", {})
     if flask.get("debug"):
         log.warning("%s: flask.debug is ignored: the local API never runs a debugger", path)
+    for name, url in [("server", doc["server"])] + [("downloadOrigins", o) for o in doc.get("downloadOrigins", [])]:
+        parts = urllib.parse.urlsplit(url)
+        try:
+            parts.port  # noqa: B018 (raises ValueError for a bad port)
+        except ValueError:
+            parts = parts._replace(netloc="")
+        if not parts.hostname or (name == "downloadOrigins" and parts.path not in ("", "/")):
+            raise ConfigError(f"{path}: field '{name}': {url!r} is not an http(s) "
+                              + ("URL with a host" if name == "server" else "origin (scheme://host[:port])"))
     base = os.path.dirname(os.path.abspath(path))
     return AgentConfig(
         path=path,
@@ -107,6 +118,7 @@ def load_agent_config(path: str, env: Optional[Mapping[str, str]] = None) -> Age
         allow_downgrade=bool(doc.get("allowDowngrade", False)),
         poll_interval=int(doc.get("pollInterval", 300)),
         verify_backend=doc.get("verifyBackend", "auto"),
+        download_origins=list(doc.get("downloadOrigins", [])),
     )
 
 

@@ -47,6 +47,8 @@ class CommandInstaller:
 
     def install(self, payload: str, sha256: bytes) -> InstallResult:
         """Run the configured command; a non-zero exit is an InstallError."""
+        if os.path.getsize(payload) == 0:
+            raise InstallError("the payload is empty (0 bytes); the installer was not run")
         argv = [arg.replace("{image}", payload) for arg in self.command]
         if argv == self.command:
             argv.append(payload)
@@ -149,23 +151,33 @@ class ABInstaller:
         return next(s for s in self.slots if s != active)
 
     def install(self, payload: str, sha256: bytes) -> InstallResult:
-        """Write, read back and compare, then switch; raise InstallError on any failure."""
+        """Write, read back and compare, then switch; raise InstallError on any failure.
+
+        The slot's size is its capacity: a block device's size, or a regular file's size (written in place,
+        like a partition image). Only an empty or missing regular file (a simulated slot: tests, the demo)
+        has no limit and takes the payload's size. An empty payload or one larger than the slot is refused
+        before anything is written.
+        """
         target_slot = self.inactive_slot()
         device = self.slots[target_slot]
         size = os.path.getsize(payload)
-        is_block = os.path.exists(device) and stat.S_ISBLK(os.stat(device).st_mode)
-        log.info("writing %d bytes to slot %s (%s)", size, target_slot, device)
+        if size == 0:
+            raise InstallError(f"the payload is empty (0 bytes); slot {target_slot} was not written")
         try:
-            flags = os.O_WRONLY | (0 if is_block else os.O_CREAT | os.O_TRUNC)
-            fd = os.open(device, flags, 0o644)
+            fd = os.open(device, os.O_WRONLY | os.O_CREAT, 0o644)
         except OSError as exc:
             raise InstallError(f"cannot open slot {target_slot} ({device}): {exc.strerror}") from None
         try:
-            if is_block:
-                capacity = os.lseek(fd, 0, os.SEEK_END)
-                os.lseek(fd, 0, os.SEEK_SET)
-                if size > capacity:
-                    raise InstallError(f"payload of {size} bytes does not fit slot {target_slot} ({capacity} bytes)")
+            mode = os.fstat(fd).st_mode
+            capacity = os.lseek(fd, 0, os.SEEK_END)  # a block device's size too (st_size is 0 for one)
+            os.lseek(fd, 0, os.SEEK_SET)
+            if capacity == 0 and stat.S_ISREG(mode):
+                capacity = size  # a simulated slot: grows to the payload
+            sized = stat.S_ISREG(mode) or stat.S_ISBLK(mode)  # a character device (MTD, /dev/full) has no size here
+            if sized and size > capacity:
+                raise InstallError(f"payload of {size} bytes does not fit slot {target_slot} ({device}: {capacity} bytes); "
+                                   "nothing was written")
+            log.info("writing %d bytes to slot %s (%s)", size, target_slot, device)
             with open(payload, "rb") as src:
                 while True:
                     chunk = src.read(CHUNK)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Tuple
@@ -20,6 +21,25 @@ from ota_build.device.agent import Agent
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class _Server4(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+
+
+def bind_loopback(host: str, port: int, handler: Any) -> ThreadingHTTPServer:
+    """A threading HTTP server on ``host``:``port`` (IPv4 or IPv6 loopback); ConfigError in one line when it cannot listen."""
+    server_class = _Server6 if ":" in host else _Server4
+    try:
+        return server_class((host, port), handler)
+    except OSError as exc:  # socket.gaierror (no such address here), EADDRINUSE, EADDRNOTAVAIL (no IPv6) ...
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"local API: cannot listen on {host!r} port {port}: {reason} (field 'flask.host'/'flask.port')") from None
 
 
 class LocalApi:
@@ -69,7 +89,7 @@ class LocalApi:
                 status, body = api.post(self.path)
                 self._send(status, body)
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd = bind_loopback(host, port, Handler)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
