@@ -5,7 +5,9 @@
 ``ota-agent [-c CONFIG] info``    print what is installed
 
 Exit codes of ``once``: 0 installed or no update, 1 install failed, 3 server
-unreachable/refused, 10-15 the image was refused (as ``ota-build verify``).
+unreachable/refused, a malformed offer or a URL off the allowed origins, 10-15
+the image was refused (as ``ota-build verify``; 10 also for an offer/header
+versionNumber mismatch and an empty payload).
 """
 
 from __future__ import annotations
