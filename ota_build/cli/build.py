@@ -263,9 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true", help="only the build side: no server, no device")
     p.set_defaults(func=cmd_demo)
 
+    from ota_build.cli.packager import add_packager_commands
     from ota_build.cli.service import add_server_commands
 
     add_server_commands(sub)
+    add_packager_commands(sub)
     return parser
 
 

@@ -19,8 +19,11 @@ import logging
 import os
 from typing import Dict, Optional, Union
 
-from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.datastructures import UploadFile as StarletteUploadFile
+from starlette.formparsers import MultiPartException
 
 from ota_build.core import packager as fmt
 from ota_build.core.errors import OtaError
@@ -64,25 +67,41 @@ def _who(request: Request, devices: bool = False) -> Union[Principal, JSONRespon
     return principal
 
 
-@router.post("/upload")
-@router.post("/upload/", include_in_schema=False)
-def upload(request: Request, file: Optional[UploadFile] = File(None)) -> JSONResponse:
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary", "description": "model.pkl or model.bat"}}}}}}}
+
+
+@router.post("/upload", openapi_extra=_UPLOAD_BODY)
+@router.post("/upload/", openapi_extra=_UPLOAD_BODY, include_in_schema=False)
+async def upload(request: Request) -> JSONResponse:
     """Store ``model.pkl`` or ``model.bat`` (multipart ``file``), replacing the previous one atomically.
-    200; 211 (HTTP 400) without a ``file`` part; 212 (HTTP 400) when it cannot be stored; 213 (HTTP 200) for
-    any other file name; 413 past the size limit."""
-    who = _who(request)
+    200; 211 (HTTP 400) without a ``file`` part or with a malformed body; 212 (HTTP 400) when it cannot be
+    stored; 213 (HTTP 200) for any other file name; 413 past the size limit.
+
+    The form is parsed here rather than by a ``File`` parameter, so a malformed request is answered
+    with 211 in the packager's shape too."""
+    who = await run_in_threadpool(_who, request)
     if isinstance(who, JSONResponse):
         return who
-    if file is None:
-        return answer(211, UPLOAD_HTTP, "no multipart part 'file' (curl -X POST -F file=@model.pkl ...)")
     try:
-        sha256, size = _store(request).put(who.partner_pk, file.filename, file.file)
-    except PackagerError as exc:
-        return answer(exc.statuscode, UPLOAD_HTTP, exc.message)
-    except OSError as exc:
-        log.error("packager upload: cannot store %s: %s", file.filename, exc)
-        return answer(212, UPLOAD_HTTP, f"cannot store the file on the server ({exc.strerror})")
-    return answer(200, UPLOAD_HTTP, f"{file.filename} stored", name=file.filename, size=size, sha256=sha256)
+        form = await request.form(max_files=4, max_fields=16)
+    except (MultiPartException, ValueError) as exc:
+        return answer(211, UPLOAD_HTTP, f"malformed multipart body ({exc})")
+    try:
+        file = form.get("file")
+        if not isinstance(file, StarletteUploadFile):
+            return answer(211, UPLOAD_HTTP, "no multipart file part 'file' (curl -X POST -F file=@model.pkl ...)")
+        try:
+            sha256, size = await run_in_threadpool(_store(request).put, who.partner_pk, file.filename, file.file)
+        except PackagerError as exc:
+            return answer(exc.statuscode, UPLOAD_HTTP, exc.message)
+        except OSError as exc:
+            log.error("packager upload: cannot store %s: %s", file.filename, exc)
+            return answer(212, UPLOAD_HTTP, f"cannot store the file on the server ({exc.strerror})")
+        return answer(200, UPLOAD_HTTP, f"{file.filename} stored", name=file.filename, size=size, sha256=sha256)
+    finally:
+        await form.close()
 
 
 @router.get("/pack")
