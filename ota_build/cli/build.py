@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole journey on a generated sample image",
                        description="Sample rootfs, development key, record, hub_update.bin, verify; then an OTA "
                                    "server on 127.0.0.1 (embedded SQLite), upload, list, deploy to a simulated "
-                                   "device (agent with file-backed A/B slots) that installs and reports. Prints "
+                                   "device (agent with file-backed A/B slots) that installs and reports; then seed 000's "
+                                   "file packager (upload, pack, download with curl, packager-verify). Prints "
                                    "each step, the commands, and where the files are.")
     p.add_argument("--workdir", default="demo-output", help="where to put the files (default: ./demo-output)")
     p.add_argument("--offline", action="store_true", help="only the build side: no server, no device")
