@@ -134,7 +134,29 @@ def test_partners_are_apart_and_packs_reproducible(server, partner, tmp_path):
 def test_concurrent_upload_pack_download_never_mixes(server, partner):
     """One thread uploads generation N of model.pkl then of model.bat, others pack and download: every
     package verifies, each file is whole, and the pair is one the server held at one moment."""
-    token = partner.api_token()
+    hammer(server, partner.api_token(), generations=15)
+
+
+def test_concurrency_across_worker_processes(tmp_path):
+    """The same with two uvicorn worker processes (the partner lock is a flock, not a thread lock), and
+    the size limit: 413 for a larger upload, which leaves no temporary file behind."""
+    (tmp_path / "data").mkdir()
+    srv = start_server(tmp_path / "data", None, extra=["--workers", "2", "--max-upload-bytes", "400000"])
+    try:
+        token = srv.admin("api-token", "--partner",
+                          srv.admin("partner", "--username", "w@example.com", "--partner-id", "pw")["partnerId"])["token"]
+        hammer(srv, token, generations=8)
+        for size in (400_001, 2_000_000):  # past the limit: by the body, and by Content-Length at once
+            resp = requests.post(srv.url + "/packager/upload", headers=auth(token),
+                                 files={"file": ("model.pkl", b"x" * size)})
+            assert (resp.status_code, resp.json()["statuscode"]) == (413, 413)
+        assert not [p.name for p in (srv.data_dir / "packager").rglob("*.tmp")]
+    finally:
+        stop_server(srv)
+
+
+def hammer(server, token: str, generations: int) -> None:  # noqa: ANN001
+    """Upload generations 1..N while two threads pack and two download; check every downloaded package."""
     url = server.url + "/packager"
     keyring = keyring_of(server)
     size = 256 * 1024
@@ -149,7 +171,7 @@ def test_concurrent_upload_pack_download_never_mixes(server, partner):
 
     def uploader() -> None:
         with requests.Session() as s:
-            for gen in range(1, 16):
+            for gen in range(1, generations + 1):
                 for name in ("model.pkl", "model.bat"):
                     r = s.post(url + "/upload", headers=auth(token), files={"file": (name, content(name, gen))})
                     if r.json()["statuscode"] != 200:
@@ -192,7 +214,8 @@ def test_concurrent_upload_pack_download_never_mixes(server, partner):
     assert requests.get(url + "/pack", headers=auth(token)).json()["statuscode"] == 200
     final = requests.get(url + "/download", headers=auth(token)).content
     with zipfile.ZipFile(io.BytesIO(final)) as zf:
-        assert zf.read("model.pkl") == content("model.pkl", 15) and zf.read("model.bat") == content("model.bat", 15)
+        assert zf.read("model.pkl") == content("model.pkl", generations)
+        assert zf.read("model.bat") == content("model.bat", generations)
     assert seen, "no package was downloaded while uploading"
 
 

@@ -84,6 +84,10 @@ async def upload(request: Request) -> JSONResponse:
     who = await run_in_threadpool(_who, request)
     if isinstance(who, JSONResponse):
         return who
+    limit = _store(request).max_upload_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + 64 * 1024:  # the file plus generous multipart framing
+        return answer(413, UPLOAD_HTTP, f"upload exceeds the limit of {limit} bytes")
     try:
         form = await request.form(max_files=4, max_fields=16)
     except (MultiPartException, ValueError) as exc:
