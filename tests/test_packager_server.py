@@ -138,14 +138,17 @@ def test_concurrent_upload_pack_download_never_mixes(server, partner):
 
 
 def test_concurrency_across_worker_processes(tmp_path):
-    """The same with two uvicorn worker processes (the partner lock is a flock, not a thread lock), and
-    the size limit: 413 for a larger upload, which leaves no temporary file behind."""
+    """The same with two uvicorn worker processes (the partner lock is a flock, not a thread lock; one
+    generated key for both), and the size limit: 413 for a larger upload, which leaves no temporary file behind."""
     (tmp_path / "data").mkdir()
     srv = start_server(tmp_path / "data", None, extra=["--workers", "2", "--max-upload-bytes", "400000"])
     try:
         token = srv.admin("api-token", "--partner",
                           srv.admin("partner", "--username", "w@example.com", "--partner-id", "pw")["partnerId"])["token"]
-        hammer(srv, token, generations=8)
+        key = srv.data_dir / "packager" / "signing-key.pem"
+        assert not key.exists()  # generated at first use, not at start
+        hammer(srv, token, generations=8)  # both workers sign with the one key generated under the lock
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
         for size in (400_001, 2_000_000):  # past the limit: by the body, and by Content-Length at once
             resp = requests.post(srv.url + "/packager/upload", headers=auth(token),
                                  files={"file": ("model.pkl", b"x" * size)})

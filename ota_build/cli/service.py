@@ -285,7 +285,7 @@ def add_server_commands(sub: Any) -> None:
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--packager-key", metavar="PEM", default=os.environ.get("OTA_PACKAGER_KEY"),
                    help="private key that signs the file packager's packages (seed 000, /packager/...; default: "
-                        "$OTA_PACKAGER_KEY, else DATA_DIR/packager/signing-key.pem, generated as Ed25519 at first start)")
+                        "$OTA_PACKAGER_KEY, else DATA_DIR/packager/signing-key.pem, generated as Ed25519 at its first use)")
     _db_options(p)
     p.set_defaults(func=cmd_serve)
 

@@ -2,7 +2,7 @@
 
 Layout under ``<data-dir>/packager/``::
 
-    signing-key.pem, signing-key.pub.pem   the generated packager key (when no key is configured; 0600)
+    signing-key.pem, signing-key.pub.pem   the packager key generated at first use when none is configured (0600)
     <partner pk>/.lock                     the partner's lock file (flock)
     <partner pk>/model.pkl, model.bat      the latest upload of each input
     <partner pk>/model.zip                 the latest package
@@ -27,12 +27,13 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Iterator, Optional, Tuple
 
 from ota_build.core import packager
 from ota_build.core.files import fsync_dir
-from ota_build.core.signing import PublicKey, generate_key, make_signer
+from ota_build.core.signing import PublicKey, Signer, generate_key, make_signer
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +59,35 @@ class PackagerStore:
         self.root = Path(data_dir).resolve() / "packager"
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_upload_bytes = max_upload_bytes
-        self.key_path = key_path or self._default_key(backend)
-        self.signer = make_signer(self.key_path, backend=backend)
-        self.public_key: PublicKey = self.signer.public_key
+        self.key_path = key_path
+        self.backend = backend
+        self._signer: Optional[Signer] = make_signer(key_path, backend=backend) if key_path else None
+        self._signer_lock = threading.Lock()
 
-    def _default_key(self, backend: str) -> str:
-        """``<data-dir>/packager/signing-key.pem``, generated (Ed25519, 0600) the first time; one process does it."""
+    @property
+    def signer(self) -> Signer:
+        """The packager's signer: the configured key, else the generated one (made at first use)."""
+        with self._signer_lock:
+            if self._signer is None:
+                self.key_path = self._default_key()
+                self._signer = make_signer(self.key_path, backend=self.backend)
+            return self._signer
+
+    def _default_key(self) -> str:
+        """``<data-dir>/packager/signing-key.pem``, generated (Ed25519, 0600) at first use; one process does it."""
         private = self.root / DEFAULT_KEY
         public = self.root / DEFAULT_PUBLIC_KEY
         with self._flock(self.root / ".keylock"):
             if not private.exists():
-                generate_key("ed25519", str(private), str(public), backend=backend, overwrite=True)
+                generate_key("ed25519", str(private), str(public), backend=self.backend, overwrite=True)
                 fsync_dir(self.root)
                 log.warning("packager: no signing key configured; generated %s (Ed25519, mode 0600)", private)
         return str(private)
+
+    @property
+    def public_key(self) -> PublicKey:
+        """The public key devices verify packages with."""
+        return self.signer.public_key
 
     def public_pem(self) -> bytes:
         """The public key devices verify packages with (PEM)."""
