@@ -101,6 +101,11 @@ def test_tampering_is_refused(tmp_path, inputs):
         (lambda n, d: bytes([d[0] ^ 1]) + d[1:] if n == "manifest.sig" else d, BadSignatureError),
         (lambda n, d: None if n == "manifest.sig" else d, CorruptError),
         (lambda n, d: None if n == "Deploy.xml" else d, CorruptError),
+        (lambda n, d: d.replace(b'"name":"model.bat"', b'"name":["model.bat"]') if n == "manifest.json" else d,
+         CorruptError),
+        (lambda n, d: d.replace(b'"format":"meta-ota-packager/1"', b'"format":2') if n == "manifest.json" else d,
+         CorruptError),
+        (lambda n, d: b"\xff" if n == "manifest.json" else d, CorruptError),
     ]
     for change, error in cases:
         rewrite(good, bad, change)

@@ -1,7 +1,7 @@
 """``ota-build``: the command-line entry point.
 
-Subcommands: record, keygen, package, verify, inspect, demo, and (server_cli.py)
-serve, admin, upload, list, deploy, devices, pack. Exit codes are
+Subcommands: record, keygen, package, verify, inspect, demo, (service.py) serve, admin,
+upload, list, deploy, devices, pack, and (packager.py) packager-pack, packager-verify. Exit codes are
 listed in ``ota_build.core.errors`` and docs/exit-codes.md; every failure is one line
 on stderr, never a traceback (``--debug`` shows one).
 """

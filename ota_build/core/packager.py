@@ -53,6 +53,8 @@ PACKAGE_INFO_XML = "PackageInfo.xml"
 MANIFEST = "manifest.json"
 MANIFEST_SIG = "manifest.sig"
 FORMAT = "meta-ota-packager/1"
+#: manifest.json and manifest.sig are small; a bigger one is refused before it is read
+MAX_MANIFEST_BYTES = 1 << 20
 
 #: the zip's fixed entry time (the earliest a zip can hold) and permissions; entries are deflated at zlib's default level
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
@@ -263,16 +265,27 @@ def _manifest_of(zf: zipfile.ZipFile) -> "tuple[Dict[str, Any], bytes, bytes]":
     for need in (MANIFEST, MANIFEST_SIG):
         if need not in names:
             raise CorruptError(f"package has no {need}")
+    for need in (MANIFEST, MANIFEST_SIG):
+        if zf.getinfo(need).file_size > MAX_MANIFEST_BYTES:
+            raise CorruptError(f"{need}: larger than {MAX_MANIFEST_BYTES} bytes")
     raw = zf.read(MANIFEST)
     sig = zf.read(MANIFEST_SIG)
     try:
         manifest = json.loads(raw.decode("utf-8"))
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ValueError(f"format is not {FORMAT}")
-        manifest["signature"]["algorithm"], manifest["signature"]["keyId"]  # noqa: B018 (shape check)
-        for entry in manifest["files"]:
-            entry["name"], int(entry["size"]), entry["sha256"]  # noqa: B018
-    except (ValueError, KeyError, TypeError) as exc:
+        meta = manifest.get("signature")
+        if not isinstance(meta, dict) or not all(isinstance(meta.get(k), str) for k in ("algorithm", "keyId")):
+            raise ValueError("'signature' needs the strings 'algorithm' and 'keyId'")
+        files = manifest.get("files")
+        if not isinstance(files, list):
+            raise ValueError("'files' is not a list")
+        for entry in files:
+            if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                    and isinstance(entry.get("size"), int) and entry["size"] >= 0
+                    and isinstance(entry.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])):
+                raise ValueError(f"bad file entry {entry!r:.80}")
+    except (ValueError, UnicodeDecodeError) as exc:
         raise CorruptError(f"{MANIFEST}: malformed ({exc})") from None
     return manifest, raw, sig
 
