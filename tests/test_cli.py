@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -100,6 +101,9 @@ def test_demo_journey_end_to_end(tmp_path):
                      "installed: versionNumber 1", "slot b holds the new rootfs: yes", "Done. Everything is in"):
         assert expected in out, expected
     assert (tmp_path / "demo" / "device" / "uboot-env.txt").read_text() == "ota_slot=b\n"
+    if shutil.which("curl"):  # seed 000's file packager: the seed's curl commands, then packager-verify
+        assert "packager/model.zip: OK" in proc.stdout or "model.zip: OK" in proc.stdout, proc.stdout
+        assert (tmp_path / "demo" / "packager" / "extracted" / "model.pkl").exists()
     creds = json.loads((tmp_path / "demo" / "credentials.json").read_text())
     for secret in (creds["userpw"], creds["auth-string"]):
         assert secret not in out and secret not in proc.stderr  # secrets are never printed

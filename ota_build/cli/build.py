@@ -1,7 +1,7 @@
 """``ota-build``: the command-line entry point.
 
-Subcommands: record, keygen, package, verify, inspect, demo, and (server_cli.py)
-serve, admin, upload, list, deploy, devices, pack. Exit codes are
+Subcommands: record, keygen, package, verify, inspect, demo, (service.py) serve, admin,
+upload, list, deploy, devices, pack, and (packager.py) packager-pack, packager-verify. Exit codes are
 listed in ``ota_build.core.errors`` and docs/exit-codes.md; every failure is one line
 on stderr, never a traceback (``--debug`` shows one).
 """
@@ -257,15 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole journey on a generated sample image",
                        description="Sample rootfs, development key, record, hub_update.bin, verify; then an OTA "
                                    "server on 127.0.0.1 (embedded SQLite), upload, list, deploy to a simulated "
-                                   "device (agent with file-backed A/B slots) that installs and reports. Prints "
+                                   "device (agent with file-backed A/B slots) that installs and reports; then seed 000's "
+                                   "file packager (upload, pack, download with curl, packager-verify). Prints "
                                    "each step, the commands, and where the files are.")
     p.add_argument("--workdir", default="demo-output", help="where to put the files (default: ./demo-output)")
     p.add_argument("--offline", action="store_true", help="only the build side: no server, no device")
     p.set_defaults(func=cmd_demo)
 
+    from ota_build.cli.packager import add_packager_commands
     from ota_build.cli.service import add_server_commands
 
     add_server_commands(sub)
+    add_packager_commands(sub)
     return parser
 
 

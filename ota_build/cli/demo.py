@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -215,10 +216,47 @@ class Demo:
             print(f"      device boot environment: {boot}; slot b holds the new rootfs: {'yes' if same else 'NO'}")
             if not same or boot != "ota_slot=b":
                 raise DemoError("the device did not end up on the new image")
+            self.file_packager(url, pid)
         finally:
             self.stop_server()
         self.summary(files)
         return 0
+
+    def seed_curl(self, command: str, cwd: str, host: str) -> str:
+        """One of seed 000's curl commands, run by ``sh`` with ``HOST`` in the environment (the token is not echoed)."""
+        print(f"    $ {command}", flush=True)
+        proc = subprocess.run(["sh", "-c", command], cwd=cwd, env={**self.env, "HOST": host}, capture_output=True,
+                              text=True, timeout=120, check=False)
+        if proc.stdout.strip():
+            print("      " + proc.stdout.strip())
+        if proc.returncode != 0:
+            raise DemoError(f"'{command}' failed: {(proc.stderr.strip().splitlines() or ['exit %d' % proc.returncode])[-1]}")
+        return proc.stdout
+
+    def file_packager(self, url: str, partner_id: str) -> None:
+        """Seed 000: upload model.pkl and model.bat, pack, download and verify the signed model.zip."""
+        work = os.path.join(self.workdir, "packager")
+        os.makedirs(work, exist_ok=True)
+        with open(os.path.join(work, "model.pkl"), "wb") as fh:
+            fh.write(b"demo model weights\n" * 4096)
+        with open(os.path.join(work, "model.bat"), "wb") as fh:
+            fh.write(b"python predict.py model.pkl\r\n")
+        if shutil.which("curl") is None:
+            print("\n(seed 000's file packager skipped: no curl on PATH)")
+            return
+        self.step("seed 000's file packager: an API token, then the seed's curl commands with "
+                  "HOST=token:KEY@127.0.0.1:PORT/packager")
+        key = self.admin("api-token", "--partner", partner_id)["token"]
+        host = f"token:{key}@{url.removeprefix('http://')}/packager"
+        print("    $ export HOST=token:$KEY@" + url.removeprefix("http://") + "/packager")
+        for command in ("curl -sS -X POST -F file=@model.pkl http://${HOST}/upload",
+                        "curl -sS -X POST -F file=@model.bat http://${HOST}/upload",
+                        "curl -sS http://${HOST}/pack/",
+                        "curl -sS -o model.zip http://${HOST}/download/",
+                        f"curl -sS -o packager.pub.pem {url}/packager/key"):
+            self.seed_curl(command, work, host)
+        self.step("verify model.zip as a device does (signed manifest, sizes, SHA-256) and extract the two files")
+        self.run("ota-build", "packager-verify", "model.zip", "-k", "packager.pub.pem", "-x", "extracted", cwd=work)
 
     def offline(self) -> int:
         os.makedirs(self.workdir, exist_ok=True)

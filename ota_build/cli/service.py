@@ -107,6 +107,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["OTA_MAX_UPLOAD_BYTES"] = str(args.max_upload_bytes)
     os.environ["OTA_LATEST_CACHE_TTL"] = str(args.latest_cache_ttl)
     os.environ["OTA_SKIP_MIGRATIONS"] = "1"
+    if args.packager_key:
+        from ota_build.core.signing import make_signer
+
+        make_signer(args.packager_key)  # a bad key fails here, in one line, not in every worker
+        os.environ["OTA_PACKAGER_KEY"] = os.path.abspath(args.packager_key)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"ota-build serve: http://{host}:{args.port} ({args.workers} worker(s); database {where}; "
           f"files in {os.path.abspath(args.data_dir)}); Ctrl-C stops it", file=sys.stderr, flush=True)
@@ -278,6 +283,9 @@ def add_server_commands(sub: Any) -> None:
                    help="how long each worker may reuse a /latestVersion answer; an upload through the same "
                         "worker refreshes it at once, other workers within SECONDS (default: 1.0; 0 = no cache)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--packager-key", metavar="PEM", default=os.environ.get("OTA_PACKAGER_KEY"),
+                   help="private key that signs the file packager's packages (seed 000, /packager/...; default: "
+                        "$OTA_PACKAGER_KEY, else DATA_DIR/packager/signing-key.pem, generated as Ed25519 at its first use)")
     _db_options(p)
     p.set_defaults(func=cmd_serve)
 

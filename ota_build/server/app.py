@@ -2,7 +2,7 @@
 
 ``create_app(settings)`` builds an app; ``app_from_env()`` is the factory
 uvicorn workers call (settings from ``OTA_DATA_DIR``, ``OTA_DATABASE_URL``,
-``OTA_MAX_UPLOAD_BYTES``). Debug mode does not exist.
+``OTA_MAX_UPLOAD_BYTES``, ``OTA_PACKAGER_KEY``). Debug mode does not exist.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Settings:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     run_migrations: bool = True
     latest_cache_ttl: float = 1.0
+    packager_key: Optional[str] = None  # seed 000's signing key; None: <data-dir>/packager/signing-key.pem
 
 
 def settings_from_env() -> Settings:
@@ -48,7 +49,8 @@ def settings_from_env() -> Settings:
                     database_url=os.environ.get("OTA_DATABASE_URL") or None,
                     max_upload_bytes=int(os.environ.get("OTA_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD)),
                     run_migrations=os.environ.get("OTA_SKIP_MIGRATIONS") != "1",
-                    latest_cache_ttl=float(os.environ.get("OTA_LATEST_CACHE_TTL", "1.0")))
+                    latest_cache_ttl=float(os.environ.get("OTA_LATEST_CACHE_TTL", "1.0")),
+                    packager_key=os.environ.get("OTA_PACKAGER_KEY") or None)
 
 
 def _error(status: int, message: str, path: str) -> JSONResponse:
@@ -59,7 +61,8 @@ def _error(status: int, message: str, path: str) -> JSONResponse:
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the application over ``settings`` (opens the DB, applies migrations)."""
-    from ota_build.server import afero, device, packages, web
+    from ota_build.server import afero, device, packager, packages, web
+    from ota_build.server.packager_store import PackagerStore
 
     app = FastAPI(title="meta-ota OTA service", version=__version__, debug=False,
                   description="Afero-compatible partner OTA API, device API and seed-001 package API. "
@@ -68,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.db = open_database(settings.data_dir, settings.database_url, run_migrations=settings.run_migrations)
     app.state.storage = Storage(settings.data_dir, settings.max_upload_bytes)
     app.state.latest = packages.LatestVersions(app.state.db, settings.latest_cache_ttl)
+    app.state.packager = PackagerStore(settings.data_dir, settings.packager_key, settings.max_upload_bytes)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -90,6 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(afero.router)
     app.include_router(device.router)
     app.include_router(packages.router)
+    app.include_router(packager.router)
     app.include_router(web.router)
     return app
 
