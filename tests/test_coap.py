@@ -1,0 +1,216 @@
+"""Seed 002 end to end over real sockets: POST /publish and PUT /notify on ``ota-build serve``, its CoAP server
+(real UDP on 127.0.0.1) read by libcoap's ``coap-client`` and by ``aiocoap-client``, a CoAP device that is notified,
+and the original's bugs (slot1 = slot0, ``..``/``.`` ids, one missing part reported, 500 on missing fields)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+import requests
+
+from .serverutil import Server, free_udp_port, start_server, stop_server
+
+COAP_CLIENT = next((shutil.which(n) for n in ("coap-client", "coap-client-notls", "coap-client-openssl")
+                    if shutil.which(n)), None)
+AIOCOAP_CLIENT = str(Path(sys.executable).with_name("aiocoap-client"))
+SLOT_BYTES = 2 * 1024 * 1024
+
+
+class Site:
+    """A server with its CoAP port and a partner token."""
+
+    def __init__(self, srv: Server, coap_port: int, token: str, other_token: str):
+        self.srv, self.coap_port, self.token, self.other_token = srv, coap_port, token, other_token
+
+    def post(self, path: str, token: str = "", **kw: Any) -> requests.Response:
+        return requests.post(self.srv.url + path, auth=("token", token or self.token), timeout=60, **kw)
+
+    def put(self, path: str, token: str = "", **kw: Any) -> requests.Response:
+        return requests.put(self.srv.url + path, auth=("token", token or self.token), timeout=60, **kw)
+
+    def coap(self, path: str) -> str:
+        return f"coap://127.0.0.1:{self.coap_port}/{path}"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    base = tmp_path_factory.mktemp("coap")
+    port = free_udp_port()
+    srv = start_server(base / "data", None, extra=["--coap-port", str(port), "--coap-host", "127.0.0.1",
+                                                   "--coap-notify-allow", "127.0.0.0/8"])
+    try:
+        tokens = []
+        for _ in range(2):
+            pid = "p-" + uuid.uuid4().hex[:10]
+            srv.admin("partner", "--username", f"{pid}@example.com", "--partner-id", pid)
+            tokens.append(srv.admin("api-token", "--partner", pid)["token"])
+        yield Site(srv, port, tokens[0], tokens[1])
+    finally:
+        stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def published(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, bytes]:
+    files = {"manifest": os.urandom(300), "slot0": os.urandom(SLOT_BYTES), "slot1": os.urandom(SLOT_BYTES)}
+    resp = site.post("/publish", data={"publish_id": "version_1"},
+                     files={k: (k + ".bin", v) for k, v in files.items()})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["sizes"] == {k: len(v) for k, v in files.items()}
+    return files
+
+
+@pytest.mark.skipif(COAP_CLIENT is None, reason="libcoap's coap-client is not installed (apt-get install libcoap3-bin)")
+@pytest.mark.parametrize("part", ["slot0", "slot1", "manifest"])
+def test_libcoap_client_downloads_byte_exact(site: Site, published: Dict[str, bytes], tmp_path: Path, part: str) -> None:
+    out = tmp_path / part
+    proc = subprocess.run([str(COAP_CLIENT), "-m", "get", "-o", str(out), site.coap(f"version_1/{part}")],
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == published[part]  # slot1 is slot1, not a copy of slot0
+
+
+def test_aiocoap_client_downloads_byte_exact(site: Site, published: Dict[str, bytes]) -> None:
+    for part in ("slot1", "slot0"):
+        proc = subprocess.run([AIOCOAP_CLIENT, site.coap(f"version_1/{part}")], capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == published[part]
+
+
+def test_missing_resource_is_404_with_message(site: Site, published: Dict[str, bytes]) -> None:
+    proc = subprocess.run([AIOCOAP_CLIENT, "-v", site.coap("version_1/slot7")], capture_output=True, timeout=60)
+    text = (proc.stdout + proc.stderr).decode()
+    assert "4.04" in text or "Not Found" in text, text
+    assert "not found on server" in text
+
+
+def test_well_known_core_lists_the_publication(site: Site, published: Dict[str, bytes]) -> None:
+    proc = subprocess.run([AIOCOAP_CLIENT, site.coap(".well-known/core")], capture_output=True, timeout=60)
+    text = proc.stdout.decode()
+    for part in ("manifest", "slot0", "slot1"):
+        assert f"</version_1/{part}>" in text, text
+
+
+def test_publish_reports_every_missing_part_with_400(site: Site) -> None:
+    resp = site.post("/publish", data={"publish_id": "v2"}, files={"slot0": ("s", b"x")})
+    assert resp.status_code == 400
+    assert "manifest" in resp.json()["message"] and "slot1" in resp.json()["message"]
+
+
+@pytest.mark.parametrize("publish_id", ["..", ".", "a/b", "../static", ""])
+def test_publish_id_cannot_escape(site: Site, publish_id: str) -> None:
+    files = {k: (k, b"x") for k in ("manifest", "slot0", "slot1")}
+    resp = site.post("/publish", data={"publish_id": publish_id}, files=files)
+    assert resp.status_code == 400, resp.text
+    assert not (site.srv.data_dir / "static").exists()
+
+
+def test_publish_without_publish_id_is_400_not_500(site: Site) -> None:
+    files = {k: (k, b"x") for k in ("manifest", "slot0", "slot1")}
+    resp = site.post("/publish", files=files)
+    assert resp.status_code == 400 and "publish_id" in resp.json()["message"]
+
+
+def test_publish_and_notify_need_a_partner_token(site: Site) -> None:
+    files = {k: (k, b"x") for k in ("manifest", "slot0", "slot1")}
+    assert requests.post(site.srv.url + "/publish", data={"publish_id": "v3"}, files=files, timeout=30).status_code == 401
+    assert site.post("/publish", token="wrong", data={"publish_id": "v3"}, files=files).status_code == 401
+    assert requests.put(site.srv.url + "/notify", data={"publish_id": "v3", "device_urls": "127.0.0.1/x"},
+                        timeout=30).status_code == 401
+
+
+def test_another_partner_cannot_replace_or_notify(site: Site, published: Dict[str, bytes]) -> None:
+    files = {k: (k, b"x") for k in ("manifest", "slot0", "slot1")}
+    assert site.post("/publish", token=site.other_token, data={"publish_id": "version_1"}, files=files).status_code == 403
+    resp = site.put("/notify", token=site.other_token, data={"publish_id": "version_1", "device_urls": "127.0.0.1/n"})
+    assert resp.status_code == 403
+
+
+# --------------------------------------------------------------------------- notify
+
+class Device(threading.Thread):
+    """A CoAP device with a ``/notify`` resource (as the original's otatestnode) on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.port = free_udp_port()
+        self.payloads: List[bytes] = []
+        self.ready = threading.Event()
+        self.loop = asyncio.new_event_loop()
+
+    def run(self) -> None:
+        import aiocoap
+        from aiocoap import resource
+
+        payloads = self.payloads
+
+        class Notify(resource.Resource):  # type: ignore[misc]
+            async def render_put(self, request: Any) -> Any:
+                payloads.append(request.payload)
+                return aiocoap.Message(code=aiocoap.CHANGED, payload=request.payload)
+
+        site = resource.Site()
+        site.add_resource(["notify"], Notify())
+        asyncio.set_event_loop(self.loop)
+        self.ctx = self.loop.run_until_complete(aiocoap.Context.create_server_context(site, bind=("127.0.0.1", self.port)))
+        self.ready.set()
+        self.loop.run_forever()
+
+
+@pytest.fixture(scope="module")
+def device() -> Tuple[Device, str]:
+    dev = Device()
+    dev.start()
+    assert dev.ready.wait(30)
+    return dev, f"127.0.0.1:{dev.port}/notify"
+
+
+def test_notify_sends_the_exact_payload_and_reports_outcomes(site: Site, published: Dict[str, bytes],
+                                                             device: Tuple[Device, str]) -> None:
+    dev, url = device
+    dead = f"127.0.0.1:{free_udp_port()}/notify"
+    resp = site.put("/notify", data={"publish_id": "version_1", "device_urls": f"{url},{dead}"})
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()
+    expected = f"coap://[127.0.0.1]:{site.coap_port}/version_1/manifest"
+    assert doc["payload"] == expected
+    assert dev.payloads[-1] == expected.encode()
+    outcomes = {d["device"]: d["outcome"] for d in doc["devices"]}
+    assert outcomes[url] == "acknowledged"
+    assert outcomes[dead] in ("error", "timeout")
+
+
+def test_notify_is_no_open_relay(site: Site, published: Dict[str, bytes], device: Tuple[Device, str]) -> None:
+    dev, url = device
+    before = len(dev.payloads)
+    resp = site.put("/notify", data={"publish_id": "version_1", "device_urls": f"{url},10.1.2.3/notify"})
+    assert resp.status_code == 403 and "10.1.2.3" in resp.json()["message"]
+    assert len(dev.payloads) == before  # nothing sent when one device is out of range
+
+
+@pytest.mark.parametrize("data,status", [({"device_urls": "127.0.0.1/n"}, 400), ({"publish_id": "version_1"}, 400),
+                                         ({}, 400), ({"publish_id": "nope", "device_urls": "127.0.0.1/n"}, 404),
+                                         ({"publish_id": "..", "device_urls": "127.0.0.1/n"}, 400)])
+def test_notify_errors(site: Site, published: Dict[str, bytes], data: Dict[str, str], status: int) -> None:
+    resp = site.put("/notify", data=data)
+    assert resp.status_code == status, resp.text
+
+
+def test_republish_replaces_atomically(site: Site, published: Dict[str, bytes], tmp_path: Path) -> None:
+    files = {"manifest": b"m2", "slot0": b"a" * 5000, "slot1": b"b" * 5000}
+    resp = site.post("/publish", data={"publish_id": "version_r"}, files={k: (k, v) for k, v in files.items()})
+    assert resp.status_code == 200
+    files2 = {"manifest": b"m3", "slot0": b"c" * 3000, "slot1": b"d" * 3000}
+    resp = site.post("/publish", data={"publish_id": "version_r"}, files={k: (k, v) for k, v in files2.items()})
+    assert resp.status_code == 200
+    proc = subprocess.run([AIOCOAP_CLIENT, site.coap("version_r/slot1")], capture_output=True, timeout=60)
+    assert proc.stdout == files2["slot1"]
+    assert len(list((site.srv.data_dir / "coap" / ".v").glob("version_r.*"))) == 1
