@@ -214,3 +214,66 @@ def test_republish_replaces_atomically(site: Site, published: Dict[str, bytes], 
     proc = subprocess.run([AIOCOAP_CLIENT, site.coap("version_r/slot1")], capture_output=True, timeout=60)
     assert proc.stdout == files2["slot1"]
     assert len(list((site.srv.data_dir / "coap" / ".v").glob("version_r.*"))) == 1
+
+
+# --------------------------------------------------------------------------- ota-build publish / suit
+
+def _run(*args: str, env: Any = None) -> subprocess.CompletedProcess:
+    from .conftest import script
+
+    return subprocess.run(script("ota-build") + list(args), capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, Path]:
+    from ota_build.core.signing import generate_key
+
+    d = tmp_path_factory.mktemp("keys")
+    generate_key("ecdsa-p256", str(d / "k.pem"), str(d / "k.pub.pem"), backend="cryptography")
+    return d / "k.pem", d / "k.pub.pem"
+
+
+def test_publish_cli_signs_suit_publishes_and_notifies(site: Site, device: Tuple[Device, str], keys: Tuple[Path, Path],
+                                                       tmp_path: Path) -> None:
+    dev, url = device
+    (tmp_path / "s0").write_bytes(os.urandom(3000))
+    (tmp_path / "s1").write_bytes(os.urandom(4000))
+    port = site.srv.url.rsplit(":", 1)[1]
+    # the seed README's form: the publish id first, the token in --ota-host as the original client can send it
+    proc = _run("publish", "--ota-host", f"token:{site.token}@127.0.0.1", "--ota-port", port, "--slot0",
+                str(tmp_path / "s0"), "--slot1", str(tmp_path / "s1"), "--key", str(keys[0]), "--coap-host", "127.0.0.1",
+                "--coap-port", str(site.coap_port), "--seqnr", "7", "version_cli", url)
+    assert proc.returncode == 0, proc.stderr
+    assert dev.payloads[-1] == f"coap://[127.0.0.1]:{site.coap_port}/version_cli/manifest".encode()
+    got = subprocess.run([AIOCOAP_CLIENT, site.coap("version_cli/manifest")], capture_output=True, timeout=60)
+    (tmp_path / "m.cbor").write_bytes(got.stdout)
+    for part in ("slot0", "slot1"):
+        data = subprocess.run([AIOCOAP_CLIENT, site.coap(f"version_cli/{part}")], capture_output=True, timeout=60)
+        (tmp_path / f"got-{part}").write_bytes(data.stdout)
+    ok = _run("suit", "--verify", str(tmp_path / "m.cbor"), "--trusted-key", str(keys[1]), "--current-sequence", "6",
+              "--slot0", str(tmp_path / "got-slot0"), "--slot1", str(tmp_path / "got-slot1"))
+    assert ok.returncode == 0, ok.stderr
+    assert '"sequenceNumber": 7' in ok.stdout and f"127.0.0.1]:{site.coap_port}/version_cli/slot1" in ok.stdout
+    replay = _run("suit", "--verify", str(tmp_path / "m.cbor"), "--trusted-key", str(keys[1]), "--current-sequence", "7")
+    assert replay.returncode == 15 and "not above" in replay.stderr
+    # --notify-only with --publish-id and the token from the environment
+    proc = _run("publish", "--ota-port", port, "--ota-host", "127.0.0.1", "--publish-id", "version_cli", "--notify-only",
+                url, env={"OTA_API_TOKEN": site.token})
+    assert proc.returncode == 0, proc.stderr
+    assert "acknowledged" in proc.stdout
+
+
+def test_suit_cli_writes_and_refuses_hostile_slots(keys: Tuple[Path, Path], tmp_path: Path) -> None:
+    (tmp_path / "s0").write_bytes(b"a" * 100)
+    (tmp_path / "s1").write_bytes(b"b" * 100)
+    out = tmp_path / "m.cbor"
+    proc = _run("suit", "--slot0", str(tmp_path / "s0"), "--slot1", str(tmp_path / "s1"), "-k", str(keys[0]), "-o", str(out),
+                "--seqnr", "3")
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "s1").write_bytes(b"b" * 99)
+    bad = _run("suit", "--verify", str(out), "--trusted-key", str(keys[1]), "--slot1", str(tmp_path / "s1"))
+    assert bad.returncode == 11 and "truncated" in bad.stderr
+    (tmp_path / "s1").write_bytes(b"c" * 100)
+    bad = _run("suit", "--verify", str(out), "--trusted-key", str(keys[1]), "--slot1", str(tmp_path / "s1"))
+    assert bad.returncode == 10 and "digest mismatch" in bad.stderr

@@ -266,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ota_build.cli.service import add_server_commands
 
     add_server_commands(sub)
+    from ota_build.cli.publishing import add_publishing_commands
+
+    add_publishing_commands(sub)
     return parser
 
 
