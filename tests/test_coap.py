@@ -184,7 +184,7 @@ def test_notify_sends_the_exact_payload_and_reports_outcomes(site: Site, publish
     assert doc["payload"] == expected
     assert dev.payloads[-1] == expected.encode()
     outcomes = {d["device"]: d["outcome"] for d in doc["devices"]}
-    assert outcomes[url] == "acknowledged"
+    assert outcomes[url] == "acknowledged", doc
     assert outcomes[dead] in ("error", "timeout")
 
 

@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from ota_build.server.auth import Principal, authenticate_or_basic, require_partner
-from ota_build.server.coap import notify_devices
+from ota_build.server.coap import notify_devices_blocking
 from ota_build.server.publications import PARTS, Publications, check_publish_id, notification_payload, resolve_device
 from ota_build.server.services import Kind, ServiceError
 
@@ -81,7 +81,7 @@ async def notify(request: Request, principal: Principal = Depends(authenticate_o
         raise ServiceError(Kind.INVALID, "device_urls: no device url")
     uris: List[str] = [await run_in_threadpool(resolve_device, u, settings.coap_notify_allow) for u in devices]
     payload = notification_payload(settings.coap_host, settings.coap_port, publish_id)
-    results = await notify_devices(uris, payload, settings.coap_notify_timeout)
+    results = await run_in_threadpool(notify_devices_blocking, uris, payload, settings.coap_notify_timeout)
     for i, result in enumerate(results):
         result["device"] = devices[i]
     log.info("notified %s: %s", publish_id, [(r["device"], r["outcome"]) for r in results])
