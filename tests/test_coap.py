@@ -277,3 +277,97 @@ def test_suit_cli_writes_and_refuses_hostile_slots(keys: Tuple[Path, Path], tmp_
     (tmp_path / "s1").write_bytes(b"c" * 100)
     bad = _run("suit", "--verify", str(out), "--trusted-key", str(keys[1]), "--slot1", str(tmp_path / "s1"))
     assert bad.returncode == 10 and "digest mismatch" in bad.stderr
+
+
+# --------------------------------------------------------------------------- ota-agent coap (the device)
+
+def _agent_device(tmp_path: Path, pub: Path, sequence: int = -1) -> Tuple[subprocess.Popen, str]:
+    import json as _json
+    import time as _time
+
+    from .conftest import script
+
+    state = tmp_path / "dev"
+    state.mkdir()
+    if sequence >= 0:
+        (state / "state.json").write_text(_json.dumps({"sequence": sequence, "active": 0}))
+    port = free_udp_port()
+    proc = subprocess.Popen(script("ota-agent") + ["coap", "--once", "--host", "127.0.0.1", "--port", str(port),
+                                                   "--state-dir", str(state), "--trusted-key", str(pub)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = _time.monotonic() + 60
+    while _time.monotonic() < deadline:
+        probe = subprocess.run([AIOCOAP_CLIENT, f"coap://127.0.0.1:{port}/status"], capture_output=True, timeout=30)
+        if probe.returncode == 0 and b"sequence" in probe.stdout:
+            return proc, f"127.0.0.1:{port}/notify"
+        _time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("ota-agent coap did not start")
+
+
+def _publish_envelope(site: Site, publish_id: str, envelope: bytes, slot0: bytes, slot1: bytes) -> None:
+    resp = site.post("/publish", data={"publish_id": publish_id},
+                     files={"manifest": ("m", envelope), "slot0": ("s0", slot0), "slot1": ("s1", slot1)})
+    assert resp.status_code == 200, resp.text
+
+
+def _manifest(site: Site, publish_id: str, key: Path, slot0: bytes, slot1: bytes, seq: int, tmp_path: Path) -> bytes:
+    from ota_build.core import suit
+    from ota_build.core.signing import make_signer
+
+    (tmp_path / "m0").write_bytes(slot0)
+    (tmp_path / "m1").write_bytes(slot1)
+    base = f"coap://[127.0.0.1]:{site.coap_port}/{publish_id}"
+    return suit.write_manifest([str(tmp_path / "m0"), str(tmp_path / "m1")], [f"{base}/slot0", f"{base}/slot1"], seq,
+                               make_signer(str(key), backend="cryptography"))
+
+
+def test_coap_device_installs_into_its_inactive_slot(site: Site, keys: Tuple[Path, Path], tmp_path: Path) -> None:
+    slot0, slot1 = os.urandom(40000), os.urandom(50000)
+    _publish_envelope(site, "dev_ok", _manifest(site, "dev_ok", keys[0], slot0, slot1, 5, tmp_path), slot0, slot1)
+    proc, url = _agent_device(tmp_path, keys[1])
+    resp = site.put("/notify", data={"publish_id": "dev_ok", "device_urls": url})
+    assert resp.json()["devices"][0]["outcome"] == "acknowledged"
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert (tmp_path / "dev" / "slot1.bin").read_bytes() == slot1
+    assert '"active": 1' in (tmp_path / "dev" / "state.json").read_text()
+    assert "installed: sequence number 5 into slot 1" in err
+
+
+def _hostile(site: Site, tmp_path: Path, pub: Path, publish_id: str, envelope: bytes, slot0: bytes, slot1: bytes,
+             sequence: int = -1) -> Tuple[int, str]:
+    _publish_envelope(site, publish_id, envelope, slot0, slot1)
+    proc, url = _agent_device(tmp_path, pub, sequence)
+    site.put("/notify", data={"publish_id": publish_id, "device_urls": url})
+    _, err = proc.communicate(timeout=120)
+    refused = [line for line in err.splitlines() if "refused:" in line]
+    assert len(refused) == 1, err
+    assert not (tmp_path / "dev" / "slot1.bin").exists()
+    return proc.returncode, refused[0]
+
+
+def test_coap_device_refuses_hostile_manifests(site: Site, keys: Tuple[Path, Path], tmp_path: Path) -> None:
+    import cbor2
+
+    from ota_build.core.signing import generate_key
+
+    slot0, slot1 = os.urandom(3000), os.urandom(4000)
+    good = _manifest(site, "h_1", keys[0], slot0, slot1, 9, tmp_path)
+    cases = []
+    doc = cbor2.loads(good)
+    del doc[2]
+    cases.append(("h_unsigned", cbor2.dumps(doc), slot1, -1, 12, "unsigned"))
+    generate_key("ed25519", str(tmp_path / "x.pem"), str(tmp_path / "x.pub.pem"), backend="cryptography")
+    cases.append(("h_wrongkey", _manifest(site, "h_wrongkey", tmp_path / "x.pem", slot0, slot1, 9, tmp_path), slot1, -1,
+                  13, "not among"))
+    cases.append(("h_replay", _manifest(site, "h_replay", keys[0], slot0, slot1, 9, tmp_path), slot1, 9, 15, "not above"))
+    cases.append(("h_digest", _manifest(site, "h_digest", keys[0], slot0, slot1, 9, tmp_path), os.urandom(4000), -1, 10,
+                  "digest mismatch"))
+    cases.append(("h_trunc", _manifest(site, "h_trunc", keys[0], slot0, slot1, 9, tmp_path), slot1[:3999], -1, 11,
+                  "truncated"))
+    for publish_id, envelope, served_slot1, seq, code, words in cases:
+        case_dir = tmp_path / publish_id
+        case_dir.mkdir()
+        rc, line = _hostile(site, case_dir, keys[1], publish_id, envelope, slot0, served_slot1, seq)
+        assert (rc, words in line) == (code, True), (publish_id, rc, line)
