@@ -371,3 +371,11 @@ def test_coap_device_refuses_hostile_manifests(site: Site, keys: Tuple[Path, Pat
         case_dir.mkdir()
         rc, line = _hostile(site, case_dir, keys[1], publish_id, envelope, slot0, served_slot1, seq)
         assert (rc, words in line) == (code, True), (publish_id, rc, line)
+
+
+def test_web_page_lists_publications(site: Site, published: Dict[str, bytes]) -> None:
+    """The original's page crashed once anything was published (it listed os.listdir strings as objects)."""
+    page = requests.get(site.srv.url + "/", timeout=30)
+    assert page.status_code == 200
+    row = page.text.split('id="publications"', 1)[1].split("</table>", 1)[0]
+    assert "version_1" in row and str(SLOT_BYTES) in row and "300" in row
