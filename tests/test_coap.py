@@ -379,3 +379,10 @@ def test_web_page_lists_publications(site: Site, published: Dict[str, bytes]) ->
     assert page.status_code == 200
     row = page.text.split('id="publications"', 1)[1].split("</table>", 1)[0]
     assert "version_1" in row and str(SLOT_BYTES) in row and "300" in row
+
+
+def test_coap_demo_runs_the_journey(tmp_path: Path) -> None:
+    proc = _run("coap-demo", "--workdir", str(tmp_path / "demo"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "notify 127.0.0.1:" in proc.stdout and ": acknowledged" in proc.stdout
+    assert "device: installed: sequence number" in proc.stdout

@@ -147,6 +147,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 3 if failed else 0
 
 
+def cmd_coap_demo(args: argparse.Namespace) -> int:
+    """``ota-build coap-demo``."""
+    from ota_build.cli.coapdemo import run_coap_demo
+
+    return run_coap_demo(args.workdir)
+
+
 def add_publishing_commands(sub: Any) -> None:
     """Register ``publish`` and ``suit`` on ``ota-build``'s subparsers."""
     p = sub.add_parser("publish", help="seed 002: publish a manifest and two slots, notify CoAP devices",
@@ -168,6 +175,13 @@ def add_publishing_commands(sub: Any) -> None:
     _suit_options(p, key_required=False)
     p.add_argument("device_urls", nargs="*", help="[publish_id] device urls host[:port]/path")
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("coap-demo", help="seed 002: publish + notify to a CoAP device on this machine, commands printed",
+                       description="Key, slot images, ota-build serve with its CoAP server, a partner token, "
+                                   "ota-agent coap, then ota-build publish (SUIT manifest, publish, notify); the "
+                                   "device verifies and installs its inactive slot.")
+    p.add_argument("--workdir", default="demo-output/coap", help="where to put the files (default: %(default)s)")
+    p.set_defaults(func=cmd_coap_demo)
 
     p = sub.add_parser("suit", help="seed 002: write or verify a signed SUIT manifest for two slots",
                        description="Write a SUIT manifest (draft-ietf-suit-manifest-09 as RIOT's suit-tool, COSE_Sign1 "
