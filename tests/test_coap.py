@@ -386,3 +386,19 @@ def test_coap_demo_runs_the_journey(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "notify 127.0.0.1:" in proc.stdout and ": acknowledged" in proc.stdout
     assert "device: installed: sequence number" in proc.stdout
+
+
+def test_the_original_clients_requests_work_with_the_token_in_its_url(site: Site, device: Tuple[Device, str]) -> None:
+    """client/publish.py builds 'http://{}:{}/publish'.format(args.ota_host, args.ota_port) and sends exactly these
+    forms; with --ota-host token:KEY@127.0.0.1 requests turns the URL's credentials into HTTP Basic."""
+    _, url = device
+    ota_host, ota_port = f"token:{site.token}@127.0.0.1", site.srv.url.rsplit(":", 1)[1]
+    files = {"manifest": b"opaque manifest", "slot0": b"s0" * 700, "slot1": b"s1" * 900}
+    resp = requests.post("http://{}:{}/publish".format(ota_host, ota_port), files={k: v for k, v in files.items()},
+                         data={"publish_id": "orig_1"}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    resp = requests.put("http://{}:{}/notify".format(ota_host, ota_port),
+                        data={"publish_id": "orig_1", "device_urls": ",".join([url])}, timeout=30)
+    assert resp.status_code == 200 and resp.json()["devices"][0]["outcome"] == "acknowledged"
+    got = subprocess.run([AIOCOAP_CLIENT, site.coap("orig_1/slot1")], capture_output=True, timeout=60)
+    assert got.stdout == files["slot1"]

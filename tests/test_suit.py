@@ -146,3 +146,17 @@ def test_garbage_is_refused_with_one_line(tmp_path: Path, blob: bytes) -> None:
     _, ring = _key(tmp_path, "ed25519")
     with pytest.raises((suit.SuitError, BadSignatureError)):
         suit.verify_manifest(blob, ring)
+
+
+def test_mutated_envelopes_fail_with_verify_errors_only(tmp_path: Path) -> None:
+    """Every single-byte change or truncation of a signed envelope is refused with a one-line VerifyError."""
+    from ota_build.core.errors import VerifyError
+
+    signer, ring = _key(tmp_path, "ed25519")
+    env = _envelope(tmp_path, signer)
+    for i in range(0, len(env), 3):
+        mutated = bytearray(env)
+        mutated[i] ^= 0x41
+        for blob in (bytes(mutated), env[:i]):
+            with pytest.raises(VerifyError):
+                suit.verify_manifest(blob, ring)
