@@ -24,6 +24,8 @@ from ota_build.server.services import Kind, ServiceError
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["CoAP/SUIT publishing (seed 002)"])
 CHUNK = 1 << 20
+#: devices one PUT /notify may name (each is a concurrent CoAP exchange)
+MAX_DEVICES = 1000
 
 
 def _chunks(upload: Any, limit: int, name: str) -> Iterator[bytes]:
@@ -79,6 +81,8 @@ async def notify(request: Request, principal: Principal = Depends(authenticate_o
     devices = [u.strip() for u in str(urls_value).split(",") if u.strip()]
     if not devices:
         raise ServiceError(Kind.INVALID, "device_urls: no device url")
+    if len(devices) > MAX_DEVICES:
+        raise ServiceError(Kind.INVALID, f"device_urls: {len(devices)} devices, at most {MAX_DEVICES} per request")
     uris: List[str] = [await run_in_threadpool(resolve_device, u, settings.coap_notify_allow) for u in devices]
     payload = notification_payload(settings.coap_host, settings.coap_port, publish_id)
     results = await run_in_threadpool(notify_devices_blocking, uris, payload, settings.coap_notify_timeout)
