@@ -33,6 +33,7 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 demo: $(SSTAMP)
 	rm -rf demo-output
 	$(BIN)/ota-build demo --workdir demo-output
+	$(BIN)/ota-build coap-demo --workdir demo-output/coap
 
 ## test: lint (ruff, mypy) and the test-suite (CI runs exactly this)
 test: $(STAMP)

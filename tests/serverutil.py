@@ -30,12 +30,19 @@ _ADMIN_LOCK = threading.Lock()  # redirect_stdout is process-wide
 PG_URL = os.environ.get("OTA_TEST_DATABASE_URL", "")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
-__all__ = ["server", "partner", "Server", "Partner", "BACKENDS", "free_port", "start_server"]
+__all__ = ["server", "partner", "Server", "Partner", "BACKENDS", "free_port", "free_udp_port", "start_server"]
 
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_udp_port() -> int:
+    """A UDP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
@@ -119,6 +126,8 @@ def _start_server_once(data_dir: Path, database_url: Optional[str], backend: str
                        extra: Optional[List[str]]) -> Server:
     port = free_port()
     args = script("ota-build") + ["serve", "--port", str(port), "--data-dir", str(data_dir)] + (extra or [])
+    if "--coap-port" not in args:
+        args.append("--no-coap")  # the CoAP server only where a test asks for it (UDP 5683 is shared by all)
     if database_url:
         args += ["--database-url", database_url]
     log_path = data_dir.parent / f"server-{port}.log"

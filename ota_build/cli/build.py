@@ -269,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_server_commands(sub)
     add_packager_commands(sub)
+    from ota_build.cli.publishing import add_publishing_commands
+
+    add_publishing_commands(sub)
     return parser
 
 

@@ -12,6 +12,8 @@ from typing import Any
 from ota_build.core.config import DEFAULT_CONFIG_NAME, NETWORK_HELP, OtaConfig, check_server_url
 from ota_build.core.errors import OtaError, UsageError
 
+DEFAULT_NOTIFY_ALLOW = ("127.0.0.0/8", "::1/128")  # as server.publications (which needs the server extra)
+
 
 def _print_json(doc: Any) -> None:
     print(json.dumps(doc, indent=2, sort_keys=False))
@@ -83,6 +85,22 @@ def _check_port_free(host: str, port: int) -> None:
             raise OtaError(f"--port: cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _check_coap_options(args: argparse.Namespace) -> None:
+    """One line (exit 2) for a bad --coap-port or --coap-notify-allow."""
+    from ota_build.server.publications import parse_networks
+
+    if not 0 < args.coap_port < 65536:
+        raise UsageError(f"--coap-port: {args.coap_port} is not a UDP port (1-65535)")
+    try:
+        parse_networks(args.coap_notify_allow or [])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server (migrations first, then uvicorn)."""
     try:
@@ -98,6 +116,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_upload_bytes < 1:
         raise UsageError(f"--max-upload-bytes: {args.max_upload_bytes} must be at least 1")
     _check_port_free(args.host, args.port)
+    coap_host = args.coap_host or args.host
+    _check_coap_options(args)
     db = _open_db(args)
     where = db.engine.url.render_as_string(hide_password=True)
     db.dispose()
@@ -112,6 +132,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         make_signer(args.packager_key)  # a bad key fails here, in one line, not in every worker
         os.environ["OTA_PACKAGER_KEY"] = os.path.abspath(args.packager_key)
+    os.environ["OTA_COAP_HOST"] = args.coap_advertise_host or coap_host
+    os.environ["OTA_COAP_PORT"] = str(args.coap_port)
+    os.environ["OTA_COAP_NOTIFY_ALLOW"] = ",".join(args.coap_notify_allow or DEFAULT_NOTIFY_ALLOW)
+    if not args.no_coap:
+        from ota_build.server.coap import CoapServerThread
+
+        try:
+            CoapServerThread(os.path.abspath(args.data_dir), coap_host, args.coap_port).start_and_wait()
+        except OSError as exc:
+            raise OtaError(f"--coap-port: {exc}") from None
+        print(f"ota-build serve: coap://{_bracket(coap_host)}:{args.coap_port} (seed 002: manifests and slots; "
+              f"notify reaches {', '.join(args.coap_notify_allow or DEFAULT_NOTIFY_ALLOW)})", file=sys.stderr, flush=True)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"ota-build serve: http://{host}:{args.port} ({args.workers} worker(s); database {where}; "
           f"files in {os.path.abspath(args.data_dir)}); Ctrl-C stops it", file=sys.stderr, flush=True)
@@ -287,6 +319,14 @@ def add_server_commands(sub: Any) -> None:
                    help="private key that signs the file packager's packages (seed 000, /packager/...; default: "
                         "$OTA_PACKAGER_KEY, else DATA_DIR/packager/signing-key.pem, generated as Ed25519 at its first use)")
     _db_options(p)
+    p.add_argument("--coap-host", help="seed 002: address the CoAP server binds (default: --host)")
+    p.add_argument("--coap-port", type=int, default=5683, help="seed 002: UDP port of the CoAP server (default: 5683)")
+    p.add_argument("--coap-advertise-host", metavar="HOST",
+                   help="seed 002: host put into notifications, coap://[HOST]:PORT/<id>/manifest (default: --coap-host)")
+    p.add_argument("--coap-notify-allow", action="append", metavar="CIDR",
+                   help="seed 002: an address range PUT /notify may send CoAP to (repeatable; default: "
+                        f"{' and '.join(DEFAULT_NOTIFY_ALLOW)}, loopback only)")
+    p.add_argument("--no-coap", action="store_true", help="seed 002: do not start the CoAP server")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("admin", help="manage partner accounts, device types and tokens",

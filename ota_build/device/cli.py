@@ -41,6 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("once", help="check once and install an update if there is one")
     sub.add_parser("run", help="poll forever and serve the local API on loopback")
     sub.add_parser("info", help="print the installed version and the agent's last state (JSON)")
+    c = sub.add_parser("coap", help="seed 002: a CoAP device: notified by PUT, fetches and verifies a SUIT manifest, "
+                                    "downloads its inactive slot (needs aiocoap)")
+    c.add_argument("--state-dir", default="/var/lib/ota-agent/coap", help="state.json and slot0/1.bin (default: %(default)s)")
+    c.add_argument("--trusted-key", action="append", metavar="PEM", help="public key that signs manifests (repeatable)")
+    c.add_argument("--host", default="::", help="address to listen on (default: ::)")
+    c.add_argument("--port", type=int, default=5683, help="UDP port (default: 5683)")
+    c.add_argument("--resource", default="notify", help="path of the notify resource (default: notify)")
+    c.add_argument("--vendor", help="expected vendor name (with --class: the manifest's ids must match)")
+    c.add_argument("--class", dest="device_class", help="expected device class name")
+    c.add_argument("--timeout", type=float, default=60.0, help="seconds per CoAP download (default: 60)")
+    c.add_argument("--once", action="store_true", help="exit after the first notification (its exit code)")
     return p
 
 
@@ -50,6 +61,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(max(args.verbose, 1))
 
     def run() -> int:
+        if args.command == "coap":
+            from ota_build.device.coapdev import run_coap_device
+
+            return run_coap_device(args.state_dir, args.trusted_key or [], args.host, args.port, args.resource, args.once,
+                                   args.vendor, args.device_class, args.timeout)
         agent = Agent(load_agent_config(args.config))
         if args.command == "info":
             print(json.dumps(agent.info(), indent=2, sort_keys=True))

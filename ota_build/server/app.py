@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ota_build import __version__
 from ota_build.server.db import open_database
+from ota_build.server.publications import DEFAULT_NOTIFY_ALLOW, parse_networks
 from ota_build.server.responses import STATUS_OF_KIND
 from ota_build.server.services import ServiceError
 from ota_build.server.storage import Storage
@@ -41,6 +42,11 @@ class Settings:
     run_migrations: bool = True
     latest_cache_ttl: float = 1.0
     packager_key: Optional[str] = None  # seed 000's signing key; None: <data-dir>/packager/signing-key.pem
+    #: seed 002: the CoAP host and port put into notifications, the address ranges notify may reach, its timeout
+    coap_host: str = "::1"
+    coap_port: int = 5683
+    coap_notify_allow: Tuple[Any, ...] = ()
+    coap_notify_timeout: float = 5.0
 
 
 def settings_from_env() -> Settings:
@@ -50,7 +56,12 @@ def settings_from_env() -> Settings:
                     max_upload_bytes=int(os.environ.get("OTA_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD)),
                     run_migrations=os.environ.get("OTA_SKIP_MIGRATIONS") != "1",
                     latest_cache_ttl=float(os.environ.get("OTA_LATEST_CACHE_TTL", "1.0")),
-                    packager_key=os.environ.get("OTA_PACKAGER_KEY") or None)
+                    packager_key=os.environ.get("OTA_PACKAGER_KEY") or None,
+                    coap_host=os.environ.get("OTA_COAP_HOST", "::1"),
+                    coap_port=int(os.environ.get("OTA_COAP_PORT", "5683")),
+                    coap_notify_allow=tuple(parse_networks(
+                        [v for v in os.environ.get("OTA_COAP_NOTIFY_ALLOW", ",".join(DEFAULT_NOTIFY_ALLOW)).split(",") if v])),
+                    coap_notify_timeout=float(os.environ.get("OTA_COAP_NOTIFY_TIMEOUT", "5.0")))
 
 
 def _error(status: int, message: str, path: str) -> JSONResponse:
@@ -61,7 +72,7 @@ def _error(status: int, message: str, path: str) -> JSONResponse:
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the application over ``settings`` (opens the DB, applies migrations)."""
-    from ota_build.server import afero, device, packager, packages, web
+    from ota_build.server import afero, device, packager, packages, publish, web
     from ota_build.server.packager_store import PackagerStore
 
     app = FastAPI(title="meta-ota OTA service", version=__version__, debug=False,
@@ -95,6 +106,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(device.router)
     app.include_router(packages.router)
     app.include_router(packager.router)
+    app.include_router(publish.router)
     app.include_router(web.router)
     return app
 

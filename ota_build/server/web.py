@@ -17,6 +17,7 @@ from fastapi.templating import Jinja2Templates
 from ota_build.core.files import file_sha256
 from ota_build.server import services
 from ota_build.server.auth import principal_for
+from ota_build.server.publications import Publications
 from ota_build.server.services import ServiceError
 
 router = APIRouter(tags=["web"])
@@ -30,7 +31,9 @@ def _page_data(request: Request) -> Dict[str, Any]:
              "description": rec.description, "size": binary.size if binary else None,
              "sha256": binary.sha256 if binary else ""}
             for img, rec, binary in services.public_images(s)]
-        return {"images": images, "packages": services.public_packages(s)}
+        packages = services.public_packages(s)
+    publications = Publications(request.app.state.settings.data_dir).list()
+    return {"images": images, "packages": packages, "publications": publications}
 
 
 @router.get("/", response_class=HTMLResponse)

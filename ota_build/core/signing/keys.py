@@ -125,6 +125,10 @@ class Keyring:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def keys(self) -> List[PublicKey]:
+        """Every trusted key (for formats that do not name the key, e.g. a SUIT manifest without a kid)."""
+        return list(self._keys.values())
+
     def get(self, key_id: bytes) -> PublicKey:
         """The key with ``key_id``; UnknownKeyError if it is not trusted."""
         try:

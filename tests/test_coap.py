@@ -1,0 +1,404 @@
+"""Seed 002 end to end over real sockets: POST /publish and PUT /notify on ``ota-build serve``, its CoAP server
+(real UDP on 127.0.0.1) read by libcoap's ``coap-client`` and by ``aiocoap-client``, a CoAP device that is notified,
+and the original's bugs (slot1 = slot0, ``..``/``.`` ids, one missing part reported, 500 on missing fields)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+import requests
+
+from .serverutil import Server, free_udp_port, start_server, stop_server
+
+COAP_CLIENT = next((shutil.which(n) for n in ("coap-client", "coap-client-notls", "coap-client-openssl")
+                    if shutil.which(n)), None)
+AIOCOAP_CLIENT = str(Path(sys.executable).with_name("aiocoap-client"))
+SLOT_BYTES = 2 * 1024 * 1024
+
+
+class Site:
+    """A server with its CoAP port and a partner token."""
+
+    def __init__(self, srv: Server, coap_port: int, token: str, other_token: str):
+        self.srv, self.coap_port, self.token, self.other_token = srv, coap_port, token, other_token
+
+    def post(self, path: str, token: str = "", **kw: Any) -> requests.Response:
+        return requests.post(self.srv.url + path, auth=("token", token or self.token), timeout=60, **kw)
+
+    def put(self, path: str, token: str = "", **kw: Any) -> requests.Response:
+        return requests.put(self.srv.url + path, auth=("token", token or self.token), timeout=60, **kw)
+
+    def coap(self, path: str) -> str:
+        return f"coap://127.0.0.1:{self.coap_port}/{path}"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    base = tmp_path_factory.mktemp("coap")
+    port = free_udp_port()
+    srv = start_server(base / "data", None, extra=["--coap-port", str(port), "--coap-host", "127.0.0.1",
+                                                   "--coap-notify-allow", "127.0.0.0/8"])
+    try:
+        tokens = []
+        for _ in range(2):
+            pid = "p-" + uuid.uuid4().hex[:10]
+            srv.admin("partner", "--username", f"{pid}@example.com", "--partner-id", pid)
+            tokens.append(srv.admin("api-token", "--partner", pid)["token"])
+        yield Site(srv, port, tokens[0], tokens[1])
+    finally:
+        stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def published(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, bytes]:
+    files = {"manifest": os.urandom(300), "slot0": os.urandom(SLOT_BYTES), "slot1": os.urandom(SLOT_BYTES)}
+    resp = site.post("/publish", data={"publish_id": "version_1"},
+                     files={k: (k + ".bin", v) for k, v in files.items()})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["sizes"] == {k: len(v) for k, v in files.items()}
+    return files
+
+
+@pytest.mark.skipif(COAP_CLIENT is None, reason="libcoap's coap-client is not installed (apt-get install libcoap3-bin)")
+@pytest.mark.parametrize("part", ["slot0", "slot1", "manifest"])
+def test_libcoap_client_downloads_byte_exact(site: Site, published: Dict[str, bytes], tmp_path: Path, part: str) -> None:
+    out = tmp_path / part
+    proc = subprocess.run([str(COAP_CLIENT), "-m", "get", "-o", str(out), site.coap(f"version_1/{part}")],
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == published[part]  # slot1 is slot1, not a copy of slot0
+
+
+def test_aiocoap_client_downloads_byte_exact(site: Site, published: Dict[str, bytes]) -> None:
+    for part in ("slot1", "slot0"):
+        proc = subprocess.run([AIOCOAP_CLIENT, site.coap(f"version_1/{part}")], capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == published[part]
+
+
+def test_missing_resource_is_404_with_message(site: Site, published: Dict[str, bytes]) -> None:
+    proc = subprocess.run([AIOCOAP_CLIENT, "-v", site.coap("version_1/slot7")], capture_output=True, timeout=60)
+    text = (proc.stdout + proc.stderr).decode()
+    assert "4.04" in text or "Not Found" in text, text
+    assert "not found on server" in text
+
+
+def test_well_known_core_lists_the_publication(site: Site, published: Dict[str, bytes]) -> None:
+    proc = subprocess.run([AIOCOAP_CLIENT, site.coap(".well-known/core")], capture_output=True, timeout=60)
+    text = proc.stdout.decode()
+    for part in ("manifest", "slot0", "slot1"):
+        assert f"</version_1/{part}>" in text, text
+
+
+def test_publish_reports_every_missing_part_with_400(site: Site) -> None:
+    resp = site.post("/publish", data={"publish_id": "v2"}, files={"slot0": ("s", b"x")})
+    assert resp.status_code == 400
+    assert "manifest" in resp.json()["message"] and "slot1" in resp.json()["message"]
+
+
+@pytest.mark.parametrize("publish_id", ["..", ".", "a/b", "../static", ""])
+def test_publish_id_cannot_escape(site: Site, publish_id: str) -> None:
+    files = {k: (k, b"x") for k in ("manifest", "slot0", "slot1")}
+    resp = site.post("/publish", data={"publish_id": publish_id}, files=files)
+    assert resp.status_code == 400, resp.text
+    assert not (site.srv.data_dir / "static").exists()
+
+
+def test_publish_without_publish_id_is_400_not_500(site: Site) -> None:
+    files = {k: (k, b"x") for k in ("manifest", "slot0", "slot1")}
+    resp = site.post("/publish", files=files)
+    assert resp.status_code == 400 and "publish_id" in resp.json()["message"]
+
+
+def test_publish_and_notify_need_a_partner_token(site: Site) -> None:
+    files = {k: (k, b"x") for k in ("manifest", "slot0", "slot1")}
+    assert requests.post(site.srv.url + "/publish", data={"publish_id": "v3"}, files=files, timeout=30).status_code == 401
+    assert site.post("/publish", token="wrong", data={"publish_id": "v3"}, files=files).status_code == 401
+    assert requests.put(site.srv.url + "/notify", data={"publish_id": "v3", "device_urls": "127.0.0.1/x"},
+                        timeout=30).status_code == 401
+
+
+def test_another_partner_cannot_replace_or_notify(site: Site, published: Dict[str, bytes]) -> None:
+    files = {k: (k, b"x") for k in ("manifest", "slot0", "slot1")}
+    assert site.post("/publish", token=site.other_token, data={"publish_id": "version_1"}, files=files).status_code == 403
+    resp = site.put("/notify", token=site.other_token, data={"publish_id": "version_1", "device_urls": "127.0.0.1/n"})
+    assert resp.status_code == 403
+
+
+# --------------------------------------------------------------------------- notify
+
+class Device(threading.Thread):
+    """A CoAP device with a ``/notify`` resource (as the original's otatestnode) on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.port = free_udp_port()
+        self.payloads: List[bytes] = []
+        self.ready = threading.Event()
+        self.loop = asyncio.new_event_loop()
+
+    def run(self) -> None:
+        import aiocoap
+        from aiocoap import resource
+
+        payloads = self.payloads
+
+        class Notify(resource.Resource):  # type: ignore[misc]
+            async def render_put(self, request: Any) -> Any:
+                payloads.append(request.payload)
+                return aiocoap.Message(code=aiocoap.CHANGED, payload=request.payload)
+
+        site = resource.Site()
+        site.add_resource(["notify"], Notify())
+        asyncio.set_event_loop(self.loop)
+        self.ctx = self.loop.run_until_complete(aiocoap.Context.create_server_context(site, bind=("127.0.0.1", self.port)))
+        self.ready.set()
+        self.loop.run_forever()
+
+
+@pytest.fixture(scope="module")
+def device() -> Tuple[Device, str]:
+    dev = Device()
+    dev.start()
+    assert dev.ready.wait(30)
+    return dev, f"127.0.0.1:{dev.port}/notify"
+
+
+def test_notify_sends_the_exact_payload_and_reports_outcomes(site: Site, published: Dict[str, bytes],
+                                                             device: Tuple[Device, str]) -> None:
+    dev, url = device
+    dead = f"127.0.0.1:{free_udp_port()}/notify"
+    resp = site.put("/notify", data={"publish_id": "version_1", "device_urls": f"{url},{dead}"})
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()
+    expected = f"coap://[127.0.0.1]:{site.coap_port}/version_1/manifest"
+    assert doc["payload"] == expected
+    assert dev.payloads[-1] == expected.encode()
+    outcomes = {d["device"]: d["outcome"] for d in doc["devices"]}
+    assert outcomes[url] == "acknowledged", doc
+    assert outcomes[dead] in ("error", "timeout")
+
+
+def test_notify_is_no_open_relay(site: Site, published: Dict[str, bytes], device: Tuple[Device, str]) -> None:
+    dev, url = device
+    before = len(dev.payloads)
+    resp = site.put("/notify", data={"publish_id": "version_1", "device_urls": f"{url},10.1.2.3/notify"})
+    assert resp.status_code == 403 and "10.1.2.3" in resp.json()["message"]
+    assert len(dev.payloads) == before  # nothing sent when one device is out of range
+
+
+@pytest.mark.parametrize("data,status", [({"device_urls": "127.0.0.1/n"}, 400), ({"publish_id": "version_1"}, 400),
+                                         ({}, 400), ({"publish_id": "nope", "device_urls": "127.0.0.1/n"}, 404),
+                                         ({"publish_id": "..", "device_urls": "127.0.0.1/n"}, 400)])
+def test_notify_errors(site: Site, published: Dict[str, bytes], data: Dict[str, str], status: int) -> None:
+    resp = site.put("/notify", data=data)
+    assert resp.status_code == status, resp.text
+
+
+def test_republish_replaces_atomically(site: Site, published: Dict[str, bytes], tmp_path: Path) -> None:
+    files = {"manifest": b"m2", "slot0": b"a" * 5000, "slot1": b"b" * 5000}
+    resp = site.post("/publish", data={"publish_id": "version_r"}, files={k: (k, v) for k, v in files.items()})
+    assert resp.status_code == 200
+    files2 = {"manifest": b"m3", "slot0": b"c" * 3000, "slot1": b"d" * 3000}
+    resp = site.post("/publish", data={"publish_id": "version_r"}, files={k: (k, v) for k, v in files2.items()})
+    assert resp.status_code == 200
+    proc = subprocess.run([AIOCOAP_CLIENT, site.coap("version_r/slot1")], capture_output=True, timeout=60)
+    assert proc.stdout == files2["slot1"]
+    assert len(list((site.srv.data_dir / "coap" / ".v").glob("version_r.*"))) == 1
+
+
+# --------------------------------------------------------------------------- ota-build publish / suit
+
+def _run(*args: str, env: Any = None) -> subprocess.CompletedProcess:
+    from .conftest import script
+
+    return subprocess.run(script("ota-build") + list(args), capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, Path]:
+    from ota_build.core.signing import generate_key
+
+    d = tmp_path_factory.mktemp("keys")
+    generate_key("ecdsa-p256", str(d / "k.pem"), str(d / "k.pub.pem"), backend="cryptography")
+    return d / "k.pem", d / "k.pub.pem"
+
+
+def test_publish_cli_signs_suit_publishes_and_notifies(site: Site, device: Tuple[Device, str], keys: Tuple[Path, Path],
+                                                       tmp_path: Path) -> None:
+    dev, url = device
+    (tmp_path / "s0").write_bytes(os.urandom(3000))
+    (tmp_path / "s1").write_bytes(os.urandom(4000))
+    port = site.srv.url.rsplit(":", 1)[1]
+    # the seed README's form: the publish id first, the token in --ota-host as the original client can send it
+    proc = _run("publish", "--ota-host", f"token:{site.token}@127.0.0.1", "--ota-port", port, "--slot0",
+                str(tmp_path / "s0"), "--slot1", str(tmp_path / "s1"), "--key", str(keys[0]), "--coap-host", "127.0.0.1",
+                "--coap-port", str(site.coap_port), "--seqnr", "7", "version_cli", url)
+    assert proc.returncode == 0, proc.stderr
+    assert dev.payloads[-1] == f"coap://[127.0.0.1]:{site.coap_port}/version_cli/manifest".encode()
+    got = subprocess.run([AIOCOAP_CLIENT, site.coap("version_cli/manifest")], capture_output=True, timeout=60)
+    (tmp_path / "m.cbor").write_bytes(got.stdout)
+    for part in ("slot0", "slot1"):
+        data = subprocess.run([AIOCOAP_CLIENT, site.coap(f"version_cli/{part}")], capture_output=True, timeout=60)
+        (tmp_path / f"got-{part}").write_bytes(data.stdout)
+    ok = _run("suit", "--verify", str(tmp_path / "m.cbor"), "--trusted-key", str(keys[1]), "--current-sequence", "6",
+              "--slot0", str(tmp_path / "got-slot0"), "--slot1", str(tmp_path / "got-slot1"))
+    assert ok.returncode == 0, ok.stderr
+    assert '"sequenceNumber": 7' in ok.stdout and f"127.0.0.1]:{site.coap_port}/version_cli/slot1" in ok.stdout
+    replay = _run("suit", "--verify", str(tmp_path / "m.cbor"), "--trusted-key", str(keys[1]), "--current-sequence", "7")
+    assert replay.returncode == 15 and "not above" in replay.stderr
+    # --notify-only with --publish-id and the token from the environment
+    proc = _run("publish", "--ota-port", port, "--ota-host", "127.0.0.1", "--publish-id", "version_cli", "--notify-only",
+                url, env={"OTA_API_TOKEN": site.token})
+    assert proc.returncode == 0, proc.stderr
+    assert "acknowledged" in proc.stdout
+
+
+def test_suit_cli_writes_and_refuses_hostile_slots(keys: Tuple[Path, Path], tmp_path: Path) -> None:
+    (tmp_path / "s0").write_bytes(b"a" * 100)
+    (tmp_path / "s1").write_bytes(b"b" * 100)
+    out = tmp_path / "m.cbor"
+    proc = _run("suit", "--slot0", str(tmp_path / "s0"), "--slot1", str(tmp_path / "s1"), "-k", str(keys[0]), "-o", str(out),
+                "--seqnr", "3")
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "s1").write_bytes(b"b" * 99)
+    bad = _run("suit", "--verify", str(out), "--trusted-key", str(keys[1]), "--slot1", str(tmp_path / "s1"))
+    assert bad.returncode == 11 and "truncated" in bad.stderr
+    (tmp_path / "s1").write_bytes(b"c" * 100)
+    bad = _run("suit", "--verify", str(out), "--trusted-key", str(keys[1]), "--slot1", str(tmp_path / "s1"))
+    assert bad.returncode == 10 and "digest mismatch" in bad.stderr
+
+
+# --------------------------------------------------------------------------- ota-agent coap (the device)
+
+def _agent_device(tmp_path: Path, pub: Path, sequence: int = -1) -> Tuple[subprocess.Popen, str]:
+    import json as _json
+    import time as _time
+
+    from .conftest import script
+
+    state = tmp_path / "dev"
+    state.mkdir()
+    if sequence >= 0:
+        (state / "state.json").write_text(_json.dumps({"sequence": sequence, "active": 0}))
+    port = free_udp_port()
+    proc = subprocess.Popen(script("ota-agent") + ["coap", "--once", "--host", "127.0.0.1", "--port", str(port),
+                                                   "--state-dir", str(state), "--trusted-key", str(pub)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = _time.monotonic() + 60
+    while _time.monotonic() < deadline:
+        probe = subprocess.run([AIOCOAP_CLIENT, f"coap://127.0.0.1:{port}/status"], capture_output=True, timeout=30)
+        if probe.returncode == 0 and b"sequence" in probe.stdout:
+            return proc, f"127.0.0.1:{port}/notify"
+        _time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("ota-agent coap did not start")
+
+
+def _publish_envelope(site: Site, publish_id: str, envelope: bytes, slot0: bytes, slot1: bytes) -> None:
+    resp = site.post("/publish", data={"publish_id": publish_id},
+                     files={"manifest": ("m", envelope), "slot0": ("s0", slot0), "slot1": ("s1", slot1)})
+    assert resp.status_code == 200, resp.text
+
+
+def _manifest(site: Site, publish_id: str, key: Path, slot0: bytes, slot1: bytes, seq: int, tmp_path: Path) -> bytes:
+    from ota_build.core import suit
+    from ota_build.core.signing import make_signer
+
+    (tmp_path / "m0").write_bytes(slot0)
+    (tmp_path / "m1").write_bytes(slot1)
+    base = f"coap://[127.0.0.1]:{site.coap_port}/{publish_id}"
+    return suit.write_manifest([str(tmp_path / "m0"), str(tmp_path / "m1")], [f"{base}/slot0", f"{base}/slot1"], seq,
+                               make_signer(str(key), backend="cryptography"))
+
+
+def test_coap_device_installs_into_its_inactive_slot(site: Site, keys: Tuple[Path, Path], tmp_path: Path) -> None:
+    slot0, slot1 = os.urandom(40000), os.urandom(50000)
+    _publish_envelope(site, "dev_ok", _manifest(site, "dev_ok", keys[0], slot0, slot1, 5, tmp_path), slot0, slot1)
+    proc, url = _agent_device(tmp_path, keys[1])
+    resp = site.put("/notify", data={"publish_id": "dev_ok", "device_urls": url})
+    assert resp.json()["devices"][0]["outcome"] == "acknowledged"
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert (tmp_path / "dev" / "slot1.bin").read_bytes() == slot1
+    assert '"active": 1' in (tmp_path / "dev" / "state.json").read_text()
+    assert "installed: sequence number 5 into slot 1" in err
+
+
+def _hostile(site: Site, tmp_path: Path, pub: Path, publish_id: str, envelope: bytes, slot0: bytes, slot1: bytes,
+             sequence: int = -1) -> Tuple[int, str]:
+    _publish_envelope(site, publish_id, envelope, slot0, slot1)
+    proc, url = _agent_device(tmp_path, pub, sequence)
+    site.put("/notify", data={"publish_id": publish_id, "device_urls": url})
+    _, err = proc.communicate(timeout=120)
+    refused = [line for line in err.splitlines() if "refused:" in line]
+    assert len(refused) == 1, err
+    assert not (tmp_path / "dev" / "slot1.bin").exists()
+    return proc.returncode, refused[0]
+
+
+def test_coap_device_refuses_hostile_manifests(site: Site, keys: Tuple[Path, Path], tmp_path: Path) -> None:
+    import cbor2
+
+    from ota_build.core.signing import generate_key
+
+    slot0, slot1 = os.urandom(3000), os.urandom(4000)
+    good = _manifest(site, "h_1", keys[0], slot0, slot1, 9, tmp_path)
+    cases = []
+    doc = cbor2.loads(good)
+    del doc[2]
+    cases.append(("h_unsigned", cbor2.dumps(doc), slot1, -1, 12, "unsigned"))
+    generate_key("ed25519", str(tmp_path / "x.pem"), str(tmp_path / "x.pub.pem"), backend="cryptography")
+    cases.append(("h_wrongkey", _manifest(site, "h_wrongkey", tmp_path / "x.pem", slot0, slot1, 9, tmp_path), slot1, -1,
+                  13, "not among"))
+    cases.append(("h_replay", _manifest(site, "h_replay", keys[0], slot0, slot1, 9, tmp_path), slot1, 9, 15, "not above"))
+    cases.append(("h_digest", _manifest(site, "h_digest", keys[0], slot0, slot1, 9, tmp_path), os.urandom(4000), -1, 10,
+                  "digest mismatch"))
+    cases.append(("h_trunc", _manifest(site, "h_trunc", keys[0], slot0, slot1, 9, tmp_path), slot1[:3999], -1, 11,
+                  "truncated"))
+    for publish_id, envelope, served_slot1, seq, code, words in cases:
+        case_dir = tmp_path / publish_id
+        case_dir.mkdir()
+        rc, line = _hostile(site, case_dir, keys[1], publish_id, envelope, slot0, served_slot1, seq)
+        assert (rc, words in line) == (code, True), (publish_id, rc, line)
+
+
+def test_web_page_lists_publications(site: Site, published: Dict[str, bytes]) -> None:
+    """The original's page crashed once anything was published (it listed os.listdir strings as objects)."""
+    page = requests.get(site.srv.url + "/", timeout=30)
+    assert page.status_code == 200
+    row = page.text.split('id="publications"', 1)[1].split("</table>", 1)[0]
+    assert "version_1" in row and str(SLOT_BYTES) in row and "300" in row
+
+
+def test_coap_demo_runs_the_journey(tmp_path: Path) -> None:
+    proc = _run("coap-demo", "--workdir", str(tmp_path / "demo"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "notify 127.0.0.1:" in proc.stdout and ": acknowledged" in proc.stdout
+    assert "device: installed: sequence number" in proc.stdout
+
+
+def test_the_original_clients_requests_work_with_the_token_in_its_url(site: Site, device: Tuple[Device, str]) -> None:
+    """client/publish.py builds 'http://{}:{}/publish'.format(args.ota_host, args.ota_port) and sends exactly these
+    forms; with --ota-host token:KEY@127.0.0.1 requests turns the URL's credentials into HTTP Basic."""
+    _, url = device
+    ota_host, ota_port = f"token:{site.token}@127.0.0.1", site.srv.url.rsplit(":", 1)[1]
+    files = {"manifest": b"opaque manifest", "slot0": b"s0" * 700, "slot1": b"s1" * 900}
+    resp = requests.post("http://{}:{}/publish".format(ota_host, ota_port), files={k: v for k, v in files.items()},
+                         data={"publish_id": "orig_1"}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    resp = requests.put("http://{}:{}/notify".format(ota_host, ota_port),
+                        data={"publish_id": "orig_1", "device_urls": ",".join([url])}, timeout=30)
+    assert resp.status_code == 200 and resp.json()["devices"][0]["outcome"] == "acknowledged"
+    got = subprocess.run([AIOCOAP_CLIENT, site.coap("orig_1/slot1")], capture_output=True, timeout=60)
+    assert got.stdout == files["slot1"]
