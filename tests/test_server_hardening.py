@@ -9,10 +9,12 @@ the test quickly instead of making the machine swap)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import select
+import signal
 import socket
 import time
 from pathlib import Path
@@ -116,7 +118,7 @@ def test_bodies_are_refused_before_they_are_read(tmp_path):
             status, sent, _ = send_big_body(srv, "PUT" if path == "/upload" else "POST", path,
                                             {**auth, "Content-Type": ctype}, GIB)
             assert status == 413 and sent < SEND_BOUND, (path, status, sent)
-        # undeclared (chunked): cut off once past the limit (JSON: 1 MiB; an image: --max-upload-bytes)
+        # undeclared (chunked): cut off once past the limit (JSON: 2 MiB; an image: --max-upload-bytes)
         status, sent, _ = send_big_body(srv, "POST", f"/v1/ota/partners/{pid}/pool",
                                         {**auth, "Content-Type": "application/json"}, None)
         assert status == 413 and sent < SEND_BOUND, (status, sent)
@@ -274,3 +276,48 @@ def test_list_without_paging_has_every_image(partner, keys):
     assert page["totalElements"] == 22 and len(page["content"]) == 22 and page["totalPages"] == 1
     paged = requests.get(url, params={"page": 0}, headers=bearer(token)).json()
     assert len(paged["content"]) == 20 and paged["totalPages"] == 2  # explicit paging is unchanged
+
+
+def test_kill_9_during_complete_loses_nothing(tmp_path, keys):
+    """Item 2 with a real server: killed (SIGKILL) while ``complete`` verifies a 30 MB upload, then started
+    again: either the binary is stored, or the session still has every byte and ``complete`` works.
+    (The deterministic crash points are in test_server_hardening_services.py.)"""
+    data = tmp_path / "data"
+    srv = start_server(data, None)
+    pid = "p-kill"
+    srv.admin("partner", "--username", "kill@example.com", "--partner-id", pid)
+    token = srv.admin("api-token", "--partner", pid)["token"]
+    image = make_image(tmp_path, 1, keys["ed25519"]["private"], size=30_000_000).read_bytes()
+    base = f"/v1/ota/partners/{pid}/binaries/uploads"
+    try:
+        upload_id = requests.post(srv.url + base, headers=bearer(token), json={"size": len(image)}).json()["uploadId"]
+        resp = requests.put(f"{srv.url}{base}/{upload_id}", data=image, timeout=120,
+                            headers={**bearer(token), "Content-Range": f"bytes 0-{len(image) - 1}/{len(image)}"})
+        assert resp.json()["offset"] == len(image)
+        host, port = srv.url.rsplit("//", 1)[1].split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall((f"POST {base}/{upload_id}/complete HTTP/1.1\r\nHost: {host}\r\n"
+                          f"Authorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n").encode())
+            time.sleep(0.1)
+            os.killpg(srv.proc.pid, signal.SIGKILL)
+            srv.proc.wait()
+    finally:
+        if srv.proc.poll() is None:
+            stop_server(srv)
+    srv = start_server(data, None)
+    try:
+        sha = hashlib.sha256(image).hexdigest()
+        status = requests.get(f"{srv.url}{base}/{upload_id}", headers=bearer(token), timeout=30)
+        if status.status_code == 200:  # killed before the binary was stored: every byte is still there
+            assert status.json()["offset"] == len(image)
+            resp = requests.post(f"{srv.url}{base}/{upload_id}/complete", headers=bearer(token), timeout=120)
+            assert resp.status_code == 200 and resp.json()["value"] == sha, resp.text
+        else:
+            assert status.status_code == 404
+        resp = requests.post(f"{srv.url}/v1/ota/partners/{pid}/binaries/moveToRepository", headers=bearer(token),
+                             json={"value": sha}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        assert (data / "blobs" / sha).stat().st_size == len(image)
+        assert not list((data / "tmp").iterdir())
+    finally:
+        stop_server(srv)

@@ -31,7 +31,7 @@ from ota_build.server.responses import error_response
 
 log = logging.getLogger(__name__)
 
-JSON_LIMIT = 1024 * 1024  # records and deploys are a few hundred bytes; a deploy to 10000 devices fits
+JSON_LIMIT = 2 * 1024 * 1024  # records are a few hundred bytes; a deploy to 10000 devices of 128-character ids fits
 FORM_LIMIT = 64 * 1024  # /oauth/token: username, password, grant_type
 MULTIPART_OVERHEAD = 1024 * 1024  # the content.json field and the part headers of a package upload
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
