@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 import sqlalchemy as sa
 
+from ota_build.core.errors import UsageError
 from ota_build.server import admin, auth, services
 from ota_build.server.app import Settings, create_app
 from ota_build.server.db import Database, open_database
@@ -110,6 +111,23 @@ def test_package_names_are_checked_whole(env, name):
         err = expect(Kind.INVALID, services.store_package, s, storage, json.dumps(doc), io.BytesIO(b"x"), False, pk)
     assert "package" in err.message
     assert not list((storage.root / "otafiles").iterdir())
+
+
+def test_api_fields_are_checked_whole():
+    """Item 4: the API's pydantic patterns (Rust regex: ``$`` is the end) refuse a trailing newline too."""
+    from pydantic import ValidationError
+
+    from ota_build.server.afero import PushIn, RecordIn
+
+    assert RecordIn(name="fw", version="1.0").version == "1.0"
+    for bad in ({"name": "fw", "version": "1.0\n"}, {"name": "fw\n", "version": "1.0"},
+                {"name": "fw", "version": "1.0", "versionNumber": "7\n"}):
+        with pytest.raises(ValidationError):
+            RecordIn(**bad)
+    with pytest.raises(ValidationError):
+        PushIn(value="dev1\n")
+    with pytest.raises(UsageError):
+        admin._check_id("p1\n", "partnerId")
 
 
 def test_repository_url_is_matched_whole():

@@ -14,7 +14,7 @@ from ota_build.server.services import Kind
 
 #: the HTTP status of each kind of refusal of the service layer
 STATUS_OF_KIND = {Kind.INVALID: 400, Kind.FORBIDDEN: 403, Kind.NOT_FOUND: 404, Kind.CONFLICT: 409,
-                  Kind.TOO_LARGE: 413, Kind.TOO_MANY: 429, Kind.STORAGE_FULL: 507}
+                  Kind.TOO_LARGE: 413, Kind.TOO_MANY: 429}
 
 REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
            409: "Conflict", 413: "Payload Too Large", 416: "Range Not Satisfiable", 422: "Unprocessable Entity",

@@ -53,7 +53,6 @@ class Kind(str, enum.Enum):
     CONFLICT = "conflict"
     TOO_LARGE = "too_large"
     TOO_MANY = "too_many"
-    STORAGE_FULL = "storage_full"
 
 
 class ServiceError(Exception):
