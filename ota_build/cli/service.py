@@ -121,6 +121,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     db = _open_db(args)
     where = db.engine.url.render_as_string(hide_password=True)
     db.dispose()
+    from ota_build.server.storage import Storage
+
+    Storage(args.data_dir, args.max_upload_bytes).sweep_tmp(0)  # no worker runs yet: whatever is in tmp/ is stale
     os.environ["OTA_DATA_DIR"] = os.path.abspath(args.data_dir)
     if args.database_url:
         os.environ["OTA_DATABASE_URL"] = args.database_url

@@ -20,7 +20,7 @@ from typing import IO, Any, Callable, Mapping, Optional
 from ota_build.core import header as hdr
 from ota_build.core.errors import CorruptError, DowngradeError, TruncatedError, UsageError, WrongTypeError
 from ota_build.core.files import atomic_open, file_sha256
-from ota_build.core.signing import Keyring, Signer, verify_signature
+from ota_build.core.signing import Keyring, Signer, sign_message, verify_signature
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def package_image(image_path: str, output_path: str, signer: Signer, ota_type: i
             ota_type=ota_type, version_number=version_number, payload_length=size, payload_sha256=digest,
             sig_alg=signer.algorithm, key_id=signer.key_id, header_length=length, record=record_bytes,
         )
-        signature = signer.sign(unsigned.signed_bytes())
+        signature = sign_message(signer, unsigned.signed_bytes())  # ECDSA: low-S
         signed = hdr.Header(**{**unsigned.__dict__, "signature": signature})
         out.seek(0)
         out.write(hdr.pack(signed))

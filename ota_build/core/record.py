@@ -55,7 +55,10 @@ def local_record_id(partner_id: str, name: str, ota_type: int, version: str) -> 
 def new_record(cfg: OtaConfig, build_number: int, debug: bool = False,
                version_number: Optional[object] = None, timestamp_ms: Optional[int] = None,
                tags: Optional[List[str]] = None) -> Record:
-    """Create the record of ``cfg`` build ``build_number`` without a server."""
+    """Create the record of ``cfg`` build ``build_number`` without a server.
+
+    ConfigError (exit 2) when the configuration has no ``partnerId``: the record carries it."""
+    cfg.require("partnerId")
     version = version_string(cfg.version, build_number, debug)
     number = resolve_version_number(cfg.version, build_number, version_number)
     stamp = now_ms() if timestamp_ms is None else timestamp_ms

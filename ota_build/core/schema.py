@@ -107,6 +107,32 @@ def format_error(path: Sequence[Any], keyword: str, expected: JSON, instance: JS
     return f"{where}: fails '{keyword}'"
 
 
+def pattern_matches(pattern: str, value: str) -> bool:
+    r"""JSON Schema's ``pattern`` (ECMA-262: a search, where ``$`` is the end of the string).
+
+    Python's ``$`` also matches before a trailing newline, so ``"1.0\n"`` would pass ``^[0-9.]+$``;
+    here every unescaped ``$`` outside a character class means the end of the string (``\Z``)."""
+    return re.search(_ecma_anchors(pattern), value) is not None
+
+
+def _ecma_anchors(pattern: str) -> str:
+    out, escaped, in_class = [], False, False
+    for ch in pattern:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == "[":
+            in_class = True
+        elif ch == "]":
+            in_class = False
+        elif ch == "$" and not in_class:
+            out.append("\\Z")
+            continue
+        out.append(ch)
+    return "".join(out)
+
+
 def _validate_builtin(schema: Dict[str, JSON], instance: JSON, path: List[Any]) -> Optional[str]:
     """Validate ``instance`` against the keyword subset in SUPPORTED_KEYWORDS."""
     unknown = set(schema) - SUPPORTED_KEYWORDS
@@ -122,7 +148,7 @@ def _validate_builtin(schema: Dict[str, JSON], instance: JSON, path: List[Any]) 
             return format_error(path, "minLength", schema["minLength"], instance)
         if "maxLength" in schema and len(instance) > schema["maxLength"]:
             return format_error(path, "maxLength", schema["maxLength"], instance)
-        if "pattern" in schema and not re.search(schema["pattern"], instance):
+        if "pattern" in schema and not pattern_matches(schema["pattern"], instance):
             return format_error(path, "pattern", schema["pattern"], instance)
     if _is_type(instance, "number"):
         if "minimum" in schema and instance < schema["minimum"]:
@@ -169,8 +195,8 @@ def _validate_jsonschema(schema: Dict[str, JSON], instance: JSON) -> Optional[st
     validator_cls = jsonschema.validators.validator_for(schema)
     validator_cls.check_schema(schema)
     error = jsonschema.exceptions.best_match(validator_cls(schema).iter_errors(instance))
-    if error is None:
-        return None
+    if error is None:  # jsonschema's ``pattern`` is Python's re.search, whose ``$`` passes "x\n": ECMA's here
+        return _validate_builtin(schema, instance, [])
     message = _validate_builtin(schema, instance, [])
     if message:
         return message

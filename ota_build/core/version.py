@@ -29,13 +29,13 @@ from ota_build.core.errors import UsageError
 MAX_VERSION_NUMBER = 2**64 - 1
 BUILD_LIMIT = 10**7
 COMPONENT_LIMIT = 1000
-_VERSION_RE = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.(\d+))?$")
+_VERSION_RE = re.compile(r"([0-9]+)(?:\.([0-9]+))?(?:\.([0-9]+))?")  # matched against the whole string
 
 
 def parse_build_number(value: object) -> int:
     """Validate a build number (non-negative integer, as Jenkins' BUILD_NUMBER)."""
     text = str(value).strip()
-    if not text.isdigit():
+    if not re.fullmatch(r"[0-9]+", text):  # not isdigit(): that takes "²", which int() refuses
         raise UsageError(f"build number: {value!r} is not a non-negative integer")
     number = int(text)
     if number >= BUILD_LIMIT:
@@ -50,7 +50,7 @@ def version_string(config_version: str, build_number: int, debug: bool = False) 
 
 def derive_version_number(config_version: str, build_number: int) -> int:
     """Return the offline versionNumber of ``config_version`` build ``build_number``."""
-    match = _VERSION_RE.match(config_version)
+    match = _VERSION_RE.fullmatch(config_version)
     if not match:
         raise UsageError(
             f"field 'version': {config_version!r} is not numeric (major[.minor[.patch]]); "
@@ -72,7 +72,7 @@ def derive_version_number(config_version: str, build_number: int) -> int:
 def parse_version_number(value: object, what: str = "versionNumber") -> int:
     """Validate an explicit versionNumber (a string of digits fitting in 64 bits)."""
     text = str(value).strip()
-    if not text.isdigit():
+    if not re.fullmatch(r"[0-9]+", text):  # not isdigit(): that takes "²", which int() refuses
         raise UsageError(f"{what}: {value!r} is not a string of digits")
     number = int(text)
     if number > MAX_VERSION_NUMBER:

@@ -22,11 +22,11 @@ from ota_build.server.db import Database
 from ota_build.server.models import Device, DeviceType, Partner, PartnerKey, Token
 from ota_build.server.storage import key_id_of_pem
 
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")  # matched against the whole string
 
 
 def _check_id(value: str, field: str) -> str:
-    if not ID_RE.match(value):
+    if not ID_RE.fullmatch(value):
         raise UsageError(f"field '{field}': {value!r} must be 1-64 characters of A-Z a-z 0-9 . _ : -")
     return value
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from ota_build.server import auth, services
 from ota_build.server.auth import Principal, authenticate, require_partner
 from ota_build.server.models import Binary, Device, FirmwareImage, OtaRecord
-from ota_build.server.responses import RangeFileResponse
+from ota_build.server.responses import RangeFileResponse, error_body, one_line
 from ota_build.server.services import Kind, ServiceError
 from ota_build.server.storage import TooLarge
 
@@ -31,6 +31,8 @@ PartnerId = Path(..., pattern=ID_RE, max_length=64, description="partnerId")
 DeviceTypeId = Path(..., pattern=ID_RE, max_length=64, description="deviceTypeId")
 OtaType = Path(..., ge=0, le=255, description="OTA type (5 = hub)")
 VersionNumber = Path(..., ge=0, le=2 ** 63 - 1, description="versionNumber")
+DEFAULT_PAGE = 20  # images per page when ``page`` is given without ``size``
+UNPAGED_MAX = 10_000  # images in the one page answered without ``page`` and ``size``
 
 
 class Value(BaseModel):
@@ -107,22 +109,35 @@ def image_json(img: FirmwareImage, rec: OtaRecord, binary: Optional[Binary]) -> 
 
 # --------------------------------------------------------------------------- OAuth
 
+def _oauth_error(status: int, error: str, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
+    return JSONResponse({"status": status, "error": error, "message": message, "path": "/oauth/token",
+                         "trace": one_line(f"{status} {error}: {message}")}, status_code=status, headers=headers)
+
+
 @router.post("/oauth/token", summary="Partner access token (OAuth2 password grant, client auth = Basic auth-string)")
 def oauth_token(request: Request, username: str = Form(..., max_length=200), password: str = Form(..., max_length=200),
                 grant_type: str = Form(..., max_length=32)) -> JSONResponse:
-    """Exchange the partner's username/password for a bearer access token."""
+    """Exchange the partner's username/password for a bearer access token.
+
+    Failures are counted per account and per client address (``auth.LoginThrottle``): past a few,
+    the caller waits (429 with ``Retry-After``) before the credentials are checked again."""
     if grant_type != "password":
-        return JSONResponse({"status": 400, "error": "unsupported_grant_type",
-                             "message": "field 'grant_type': must be 'password'"}, status_code=400)
+        return _oauth_error(400, "unsupported_grant_type", "field 'grant_type': must be 'password'")
     client = auth.parse_basic(request.headers.get("authorization"))
     if client is None:
-        return JSONResponse({"status": 401, "error": "invalid_client",
-                             "message": "Authorization: Basic <auth-string> is required"}, status_code=401)
+        return _oauth_error(401, "invalid_client", "Authorization: Basic <auth-string> is required")
+    throttle: auth.LoginThrottle = request.app.state.login_throttle
+    keys = auth.login_keys(username, request.client.host if request.client else "")
+    wait = throttle.retry_after(keys)
+    if wait > 0:
+        return _oauth_error(429, "too_many_attempts", f"too many failed logins: retry after {wait} s",
+                            headers={"Retry-After": str(wait)})
     with _db(request).session() as s:
         token = services.issue_partner_token(s, username, client[0], client[1], password)
     if token is None:
-        return JSONResponse({"status": 401, "error": "invalid_grant",
-                             "message": "bad credentials (auth-string, username or userpw)"}, status_code=401)
+        throttle.failed(keys)
+        return _oauth_error(401, "invalid_grant", "bad credentials (auth-string, username or userpw)")
+    throttle.succeeded(keys[:1])
     return JSONResponse({"access_token": token, "token_type": "bearer", "expires_in": auth.ACCESS_TOKEN_SECONDS,
                          "scope": "partner"})
 
@@ -231,7 +246,7 @@ async def upload_chunk(request: Request, partnerId: str = PartnerId, uploadId: s
         offset = await services.append_chunk(request.app.state.storage, sess, start, end, total, request.stream())
     except ServiceError as exc:
         if exc.kind is Kind.CONFLICT and "offset" in exc.details:
-            return JSONResponse({"status": 409, "message": exc.message, "offset": exc.details["offset"]},
+            return JSONResponse({**error_body(409, exc.message, request.url.path), "offset": exc.details["offset"]},
                                 status_code=409)
         raise
     return JSONResponse({"uploadId": uploadId, "offset": offset, "size": sess.size})
@@ -302,13 +317,21 @@ def associate(request: Request, body: RecordIn, partnerId: str = PartnerId, devi
 
 @router.get("/v1/ota/partners/{partnerId}/deviceTypes/{deviceTypeId}/firmwareImages/types/{otaType}")
 def list_images(request: Request, partnerId: str = PartnerId, deviceTypeId: str = DeviceTypeId,
-                otaType: int = OtaType, page: int = Query(0, ge=0, le=1_000_000),
-                size: int = Query(20, ge=1, le=1000), principal: Principal = Depends(authenticate)) -> Dict[str, Any]:
-    """The device type's images, as a Spring page: ``content``, ``totalElements``, ``totalPages``."""
+                otaType: int = OtaType, page: Optional[int] = Query(None, ge=0, le=1_000_000),
+                size: Optional[int] = Query(None, ge=1, le=1000),
+                principal: Principal = Depends(authenticate)) -> Dict[str, Any]:
+    """The device type's images, as a Spring page: ``content``, ``totalElements``, ``totalPages``.
+
+    Without ``page`` and ``size`` every image is in one page (up to ``UNPAGED_MAX``): the original
+    ``--list`` reads only the first page, up to ``totalElements``. With either, pages of ``size`` (20)."""
     with _db(request).session() as s:
         dtype = _dtype(s, principal, partnerId, deviceTypeId)
+        unpaged = page is None and size is None
+        page, size = page or 0, (UNPAGED_MAX if unpaged else size or DEFAULT_PAGE)
         total, rows = services.list_images(s, dtype, otaType, page, size)
         content = [image_json(*row) for row in rows]
+    if unpaged and total <= UNPAGED_MAX:
+        size = max(total, 1)  # one page holding everything
     return {"content": content, "totalElements": total, "totalPages": (total + size - 1) // size,
             "number": page, "size": size}
 

@@ -7,8 +7,10 @@ uvicorn workers call (settings from ``OTA_DATA_DIR``, ``OTA_DATABASE_URL``,
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
@@ -18,18 +20,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ota_build import __version__
+from ota_build.server.auth import LoginThrottle
 from ota_build.server.db import open_database
+from ota_build.server.guard import BodyGuard
 from ota_build.server.publications import DEFAULT_NOTIFY_ALLOW, parse_networks
-from ota_build.server.responses import STATUS_OF_KIND
+from ota_build.server.responses import STATUS_OF_KIND, error_response
 from ota_build.server.services import ServiceError
 from ota_build.server.storage import Storage
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD = 4 * 1024 ** 3
-REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-           409: "Conflict", 413: "Payload Too Large", 416: "Range Not Satisfiable", 422: "Unprocessable Entity",
-           429: "Too Many Requests"}
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,7 @@ def settings_from_env() -> Settings:
 
 
 def _error(status: int, message: str, path: str) -> JSONResponse:
-    # Spring Boot's error shape, which the original tools parse (minus the stack trace).
-    return JSONResponse({"status": status, "error": REASONS.get(status, "Error"), "message": message, "path": path},
-                        status_code=status)
+    return error_response(status, message, path)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -83,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.storage = Storage(settings.data_dir, settings.max_upload_bytes)
     app.state.latest = packages.LatestVersions(app.state.db, settings.latest_cache_ttl)
     app.state.packager = PackagerStore(settings.data_dir, settings.packager_key, settings.max_upload_bytes)
+    app.state.login_throttle = LoginThrottle()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -94,6 +94,14 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return _error(STATUS_OF_KIND[exc.kind], exc.message, request.url.path)
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the write failed before anything was published
+            log.error("%s %s: storage full: %s", request.method, request.url.path, exc)
+            return _error(507, "the server's storage is full; nothing was stored, try again later", request.url.path)
+        log.exception("%s %s: %s", request.method, request.url.path, exc)
+        return _error(500, "internal error", request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -108,6 +116,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(packager.router)
     app.include_router(publish.router)
     app.include_router(web.router)
+    app.add_middleware(BodyGuard, db=app.state.db, max_upload_bytes=settings.max_upload_bytes)
     return app
 
 
@@ -116,6 +125,9 @@ def asgi_app(settings: Settings) -> Any:
     from ota_build.server.packages import LatestVersionFastPath
 
     app = create_app(settings)
+    # Multipart files beyond 1 MiB roll over from memory into tempfile's directory: the data
+    # directory's tmp/ in the served process, never the system /tmp (unnamed files: nothing is left).
+    tempfile.tempdir = str(app.state.storage.tmp_dir)
     return LatestVersionFastPath(app, app.state.latest)
 
 

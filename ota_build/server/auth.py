@@ -11,15 +11,21 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+import math
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 from fastapi import HTTPException, Request
 from sqlalchemy import select
 
 from ota_build.server.models import Device, Partner, Token, utcnow
 
+#: the scope key under which the request guard (server/guard.py) passes the principal it authenticated
+PRINCIPAL_KEY = "ota.principal"
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
 ACCESS_TOKEN_SECONDS = 3600
 
@@ -43,6 +49,64 @@ def check_secret(secret: str, stored: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(computed, base64.b64decode(digest))
+
+
+_DUMMY_HASH: List[str] = []
+
+
+def dummy_hash() -> str:
+    """A ``hash_secret`` value nothing matches, to check an unknown account's secrets against, so that
+    an unknown user name costs the same scrypt work as a known one (no user-existence oracle)."""
+    if not _DUMMY_HASH:
+        _DUMMY_HASH.append(hash_secret(secrets.token_urlsafe(16)))
+    return _DUMMY_HASH[0]
+
+
+def login_keys(username: str, client_host: str) -> Tuple[str, str]:
+    """The ``LoginThrottle`` keys of a login: (account, client address)."""
+    return "user:" + username.strip().lower(), "ip:" + client_host
+
+
+class LoginThrottle:
+    """Failed-login counters per account and per client address (in each worker process).
+
+    ``free`` failures of a key within ``window`` seconds cost nothing; each further one blocks the key
+    for ``base`` * 2^n seconds (at most ``cap``), during which logins with it are answered 429 with
+    ``Retry-After`` without checking the credentials. A success clears the account's counter (not the
+    address's). At most ``max_keys`` keys are remembered (oldest dropped)."""
+
+    def __init__(self, free_per_account: int = 5, free_per_client: int = 30, base: float = 2.0, cap: float = 300.0,
+                 window: float = 900.0, max_keys: int = 100_000):
+        self.free = {"user": free_per_account, "ip": free_per_client}
+        self.base, self.cap, self.window, self.max_keys = base, cap, window, max_keys
+        self._state: "OrderedDict[str, List[float]]" = OrderedDict()  # key -> [failures, last failure, blocked until]
+        self._lock = threading.Lock()
+
+    def retry_after(self, keys: Sequence[str]) -> int:
+        """Seconds (rounded up) until a login with these keys is checked again; 0 when it is now."""
+        now = time.monotonic()
+        with self._lock:
+            wait = max((self._state[k][2] - now for k in keys if k in self._state), default=0.0)
+        return math.ceil(wait) if wait > 0 else 0
+
+    def failed(self, keys: Sequence[str]) -> None:
+        """Count a failed login for each key."""
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                count, last, _until = self._state.pop(key, [0, now, 0.0])
+                count = 1 if now - last > self.window else count + 1
+                free = self.free.get(key.split(":", 1)[0], 5)
+                until = now + min(self.cap, self.base * 2 ** (count - free)) if count >= free else 0.0
+                self._state[key] = [count, now, until]
+            while len(self._state) > self.max_keys:
+                self._state.popitem(last=False)
+
+    def succeeded(self, keys: Sequence[str]) -> None:
+        """Forget the failures of these keys."""
+        with self._lock:
+            for key in keys:
+                self._state.pop(key, None)
 
 
 def token_hash(token: str) -> str:
@@ -106,7 +170,11 @@ def principal_for(db, token: str) -> Optional[Principal]:  # noqa: ANN001
 
 
 def authenticate(request: Request) -> Principal:
-    """FastAPI dependency: the Principal of the request's bearer token, else 401."""
+    """FastAPI dependency: the Principal of the request's bearer token, else 401 (the one the request guard
+    found before the body was read, when it ran: ``server/guard.py``)."""
+    cached = request.scope.get(PRINCIPAL_KEY)
+    if isinstance(cached, Principal):
+        return cached
     header = request.headers.get("authorization", "")
     if not header.lower().startswith("bearer ") or not header[7:].strip():
         raise _unauthorized("a bearer token is required (Authorization: Bearer <token>)")
@@ -125,6 +193,9 @@ def authenticate_or_basic(request: Request) -> Principal:
     seed 002's ``publish.py``, seed 000's curl commands): the token as ``Authorization: Bearer <token>``
     or as HTTP Basic with user ``token`` and the token as password, so ``http://token:KEY@host:port``
     works unchanged in their URLs. Else 401."""
+    cached = request.scope.get(PRINCIPAL_KEY)
+    if isinstance(cached, Principal):
+        return cached
     header = request.headers.get("authorization", "")
     basic = parse_basic(header)
     if basic is None:

@@ -9,6 +9,7 @@ by ``create_all``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -23,9 +24,12 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 READ_TIMEOUT_MS = 2000  # PostgreSQL statement_timeout of Database.reader
 
 
+DB_FILE = "ota.sqlite3"
+
+
 def default_database_url(data_dir: str) -> str:
     """The embedded SQLite database of ``data_dir``."""
-    return f"sqlite:///{os.path.abspath(os.path.join(data_dir, 'ota.sqlite3'))}"
+    return f"sqlite:///{os.path.abspath(os.path.join(data_dir, DB_FILE))}"
 
 
 def make_engine(url: str) -> Engine:
@@ -93,6 +97,16 @@ class Database:
 
 
 def open_database(data_dir: str, url: Optional[str] = None, run_migrations: bool = True) -> Database:
-    """Open (and by default migrate) the database of a data directory."""
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    """Open (and by default migrate) the database of a data directory.
+
+    The directory is 0700 and the default SQLite file 0600 (created so before SQLite opens it; its
+    ``-wal`` and ``-shm`` files take the database file's mode)."""
+    Path(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data_dir, 0o700)
+    if url is None:
+        path = Path(data_dir) / DB_FILE
+        os.close(os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600))
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(f"{path}{suffix}", 0o600)
     return Database(url or default_database_url(data_dir), run_migrations=run_migrations)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import mmap
 import os
 
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.datastructures import MutableHeaders
 from starlette.types import Send
 
@@ -15,6 +15,29 @@ from ota_build.server.services import Kind
 #: the HTTP status of each kind of refusal of the service layer
 STATUS_OF_KIND = {Kind.INVALID: 400, Kind.FORBIDDEN: 403, Kind.NOT_FOUND: 404, Kind.CONFLICT: 409,
                   Kind.TOO_LARGE: 413, Kind.TOO_MANY: 429}
+
+REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+           409: "Conflict", 413: "Payload Too Large", 416: "Range Not Satisfiable", 422: "Unprocessable Entity",
+           429: "Too Many Requests", 500: "Internal Server Error", 507: "Insufficient Storage"}
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """``text`` as one line of at most ``limit`` characters (for the ``trace`` field)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
+
+
+def error_body(status: int, message: str, path: str) -> dict:
+    """Spring Boot's error shape, which the original tools parse: ``status``, ``error``, ``message``, ``path``
+    and ``trace`` (the original uploader and deploy print only ``trace``): here one line, never a stack trace."""
+    error = REASONS.get(status, "Error")
+    return {"status": status, "error": error, "message": message, "path": path,
+            "trace": one_line(f"{status} {error}: {message}")}
+
+
+def error_response(status: int, message: str, path: str) -> JSONResponse:
+    """``error_body`` as a JSON response with that status."""
+    return JSONResponse(error_body(status, message, path), status_code=status)
 
 
 class RangeFileResponse(FileResponse):

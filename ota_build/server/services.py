@@ -8,6 +8,7 @@ involved) and raises ``ServiceError`` with an HTTP-neutral ``Kind``; the routers
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import fcntl
@@ -17,7 +18,6 @@ import os
 import re
 import secrets
 import time
-import zipfile
 from dataclasses import dataclass, field
 from typing import IO, Any, AsyncIterator, List, Optional, Tuple
 
@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from ota_build.core.errors import OtaError
 from ota_build.core.names import check_name
+from ota_build.core.ziputil import MAX_TOTAL, UnsafeZipError, check_zip
 from ota_build.core.files import file_sha256
 from ota_build.server import auth
 from ota_build.server.models import (Binary, Deployment, Device, DeviceType, FirmwareImage, OtaRecord, Package, PackageOwner,
@@ -35,7 +36,7 @@ from ota_build.server.storage import Storage, TooLarge, discard, verify_image
 
 log = logging.getLogger(__name__)
 
-REPO_URL_RE = re.compile(r"/v1/ota/partners/[^/]+/repository/([0-9a-f]{64})$")
+REPO_URL_RE = re.compile(r"/v1/ota/partners/[^/]+/repository/([0-9a-f]{64})\Z")
 MAX_OPEN_UPLOADS = 16  # unfinished resumable uploads per partner
 UPLOAD_SESSION_HOURS = 24  # an unfinished resumable upload (and its .part file) is dropped after this
 CREATE_ATTEMPTS = 10  # versionNumber assignment retries when concurrent creates collide
@@ -81,9 +82,12 @@ def _now_ms() -> int:
 def issue_partner_token(s: Session, username: str, client_id: str, client_secret: str, password: str) -> Optional[str]:
     """A new access token when the username, client credentials and password all match, else None."""
     partner = s.scalar(select(Partner).where(Partner.username == username))
-    ok = (partner is not None and secrets.compare_digest(partner.client_id, client_id)
-          and auth.check_secret(client_secret, partner.client_secret_hash)
-          and auth.check_secret(password, partner.password_hash))
+    # Both secrets are always checked, an unknown user's against a dummy hash: every failure costs
+    # the same two scrypt computations, so the time taken does not tell whether the user exists.
+    client_ok = auth.check_secret(client_secret, partner.client_secret_hash if partner else auth.dummy_hash())
+    password_ok = auth.check_secret(password, partner.password_hash if partner else auth.dummy_hash())
+    ok = (partner is not None and secrets.compare_digest(partner.client_id.encode(), client_id.encode())
+          and client_ok and password_ok)
     if not ok or partner is None:
         return None
     token = auth.new_token()
@@ -186,13 +190,21 @@ def create_record(s: Session, partner_pk: int, fields: RecordFields) -> OtaRecor
 
 
 def update_record(s: Session, partner_pk: int, ota_type: int, version_number: int, fields: RecordFields) -> OtaRecord:
-    """Update a record's url (and its binary link), url2, description and tags; name and version are fixed."""
+    """Update a record's url (and its binary link), url2, description and tags; name and version are fixed.
+
+    CONFLICT when the name or version would change, or the url of a record that is associated with a
+    device type (an associated image's binary is immutable: devices were offered exactly it)."""
     rec = s.scalar(select(OtaRecord).where(OtaRecord.partner_pk == partner_pk, OtaRecord.ota_type == ota_type,
                                            OtaRecord.version_number == version_number))
     if rec is None:
         raise _not_found(f"no record of type {ota_type} with versionNumber {version_number}")
     if fields.name != rec.name or fields.version != rec.version:
         raise _conflict("fields 'name' and 'version' cannot be changed")
+    current = binary_of(s, rec)
+    if current is not None and sha_of_url(fields.url or "") != current.sha256 and s.scalar(
+            select(FirmwareImage.id).where(FirmwareImage.record_pk == rec.id).limit(1)) is not None:
+        raise _conflict("field 'url': the record is associated with a device type, so its image cannot change "
+                        "(create a new record for a new image)")
     _set_url(s, rec, fields.url or "")
     if fields.url2 is not None:
         rec.url2 = fields.url2
@@ -279,6 +291,11 @@ def expire_uploads(s: Session, storage: Storage, now: Optional[dt.datetime] = No
         storage.part_path(old.id).unlink(missing_ok=True)
         s.delete(old)
     s.commit()
+    live = set(s.scalars(select(UploadSession.id)).all())
+    for path in (storage.root / "uploads").glob("*.part"):  # a crash between a session's end and its file's
+        with contextlib.suppress(FileNotFoundError):
+            if path.stem not in live and path.stat().st_mtime < cutoff.timestamp():
+                path.unlink()
     if expired:
         log.info("dropped %d resumable upload(s) unfinished after %d h", len(expired), UPLOAD_SESSION_HOURS)
     return len(expired)
@@ -353,29 +370,47 @@ async def append_chunk(storage: Storage, sess: UploadSession, start: int, end: i
 def complete_upload(s: Session, storage: Storage, partner_pk: int, upload_id: str) -> str:
     """Finish a resumable upload: verify and store its bytes (``accept_binary``); the SHA-256.
 
-    CONFLICT when bytes are missing or the upload was completed already. Accepted or rejected,
-    the session ends once its bytes are claimed."""
+    CONFLICT when bytes are missing, or another request is completing or writing it. Accepted or
+    rejected, the session ends once the answer is known. Crash-safe: the bytes stay in the session's
+    ``.part`` file until the binary is stored (verified from a hard link in ``tmp/``), so after a kill
+    at any point either the binary is stored or ``complete`` can simply be repeated."""
     sess = upload_session(s, partner_pk, upload_id)
-    have = upload_offset(storage, upload_id)
-    if have != sess.size:
-        raise _conflict(f"upload incomplete: {have} of {sess.size} bytes")
-    fd, tmp = storage.temp_file()
-    os.close(fd)
+    part = storage.part_path(upload_id)
     try:
-        os.replace(storage.part_path(upload_id), tmp)  # claim the bytes; a second complete finds nothing
+        fh = open(part, "rb")
     except FileNotFoundError:
-        discard(tmp)
-        raise _conflict("upload already completed") from None
-    try:
+        raise _conflict(f"upload incomplete: 0 of {sess.size} bytes") from None
+    with fh:
+        try:  # the lock append_chunk takes: no chunk is written while the bytes are verified
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise _conflict("another request is writing or completing this upload") from None
+        have = os.fstat(fh.fileno()).st_size
+        if have != sess.size:
+            raise _conflict(f"upload incomplete: {have} of {sess.size} bytes")
+        fd, tmp = storage.temp_file()
+        os.close(fd)
+        os.unlink(tmp)
+        os.link(part, tmp)  # a second name for the same bytes: publishing it leaves the session's intact
         sha = file_sha256(tmp)
-        accept_binary(s, storage, partner_pk, tmp, sha, have)
-    finally:  # accepted or rejected, the session is over (its bytes were claimed above)
-        s.rollback()
-        row = s.get(UploadSession, upload_id)
-        if row is not None:
-            s.delete(row)
-            s.commit()
+        try:
+            accept_binary(s, storage, partner_pk, tmp, sha, have)  # removes tmp in any case
+        except ServiceError:
+            _end_upload(s, storage, upload_id)  # rejected: the session is over
+            raise
+        _end_upload(s, storage, upload_id)
     return sha
+
+
+def _end_upload(s: Session, storage: Storage, upload_id: str) -> None:
+    """Drop a finished upload session, then its ``.part`` file (a crash in between leaves a file without
+    a session, removed with the expired sessions' files)."""
+    s.rollback()
+    row = s.get(UploadSession, upload_id)
+    if row is not None:
+        s.delete(row)
+        s.commit()
+    storage.part_path(upload_id).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- firmware images and deploys
@@ -481,13 +516,17 @@ def partner_devices(s: Session, partner_pk: int) -> List[Tuple[Device, str]]:
 # --------------------------------------------------------------------------- devices
 
 def _deployed(dev: Device) -> Select:
-    """Query of (image, record) pushed to ``dev`` or its group."""
+    """Query of (image, record) pushed to ``dev`` or its group, whose stored binary's header has the image's
+    type and versionNumber (a mismatching one is never offered nor served)."""
     targets = [Deployment.device_pk == dev.id]
     if dev.group_name:
         targets.append(Deployment.group_name == dev.group_name)
     return (select(FirmwareImage, OtaRecord).join(Deployment, Deployment.image_pk == FirmwareImage.id)
             .join(OtaRecord, OtaRecord.id == FirmwareImage.record_pk)
-            .where(or_(*targets), FirmwareImage.device_type_pk == dev.device_type_pk))
+            .join(Binary, Binary.id == OtaRecord.binary_pk)
+            .where(or_(*targets), FirmwareImage.device_type_pk == dev.device_type_pk,
+                   # never offer a binary whose signed header says another image than the offer
+                   Binary.version_number == FirmwareImage.version_number, Binary.ota_type == FirmwareImage.ota_type))
 
 
 def update_for(s: Session, dev: Device, ota_type: int, above: int) -> Optional[Tuple[FirmwareImage, OtaRecord, Binary]]:
@@ -582,7 +621,8 @@ def store_package(s: Session, storage: Storage, content_text: str, upload: IO[by
 
     The first partner to store a package name owns it; another partner's upload of that name is
     FORBIDDEN. INVALID for bad content.json, a wrong sha256 or a non-zip; CONFLICT when the version
-    exists and ``overwrite`` is off (``details``: ``TIP``); TOO_LARGE past the storage's limit."""
+    exists and ``overwrite`` is off (``details``: ``TIP``); TOO_LARGE past the storage's limit. The zip
+    must pass ``core.ziputil.check_zip`` (safe entry names, at least one entry, bounded expansion)."""
     try:
         content = json.loads(content_text)
     except ValueError:
@@ -616,8 +656,10 @@ def store_package(s: Session, storage: Storage, content_text: str, upload: IO[by
     try:
         if sha != sha_claimed:
             raise ServiceError(Kind.INVALID, f"SHA256 Error: field 'sha256' is {sha_claimed}, the file's is {sha}")
-        if not zipfile.is_zipfile(tmp):  # served as <package>-<branch>-<version>.zip and unzipped by devices
-            raise ServiceError(Kind.INVALID, "Zip Error: field 'file' is not a zip archive")
+        try:  # served as <package>-<branch>-<version>.zip and unzipped by devices (which check it again)
+            check_zip(tmp, max_total=max(MAX_TOTAL, 4 * storage.max_upload_bytes))
+        except UnsafeZipError as exc:
+            raise ServiceError(Kind.INVALID, f"Zip Error: field 'file': {exc}") from None
         if not _claim(s, pkg, partner_pk):
             raise forbidden
         row = s.scalar(select(Package).where(Package.name == pkg, Package.branch == branch,

@@ -2,23 +2,27 @@
 
 Layout under ``<data-dir>``::
 
-    tmp/                  uploads being received (removed on any failure)
+    tmp/                  uploads being received (removed on any failure; what a killed server left
+                          is swept at start-up and by age, ``sweep_tmp``)
     uploads/<id>.part     resumable upload sessions
     blobs/<sha256>        verified hub_update.bin files (content-addressed)
     otafiles/<pkg>/<branch>/<pkg>-<branch>-<version>.zip   seed-001 packages
 
 A file appears under its final name only by ``os.replace`` after it was
 written completely, fsync'd and verified, so a killed upload leaves nothing
-visible and nothing half-written.
+visible and nothing half-written. Everything is private to the server's user: directories 0700,
+files 0600 (the database too, ``db.open_database``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import AsyncIterator, Iterable, Iterator, Tuple
 
@@ -28,7 +32,11 @@ from ota_build.core.names import check_name
 from ota_build.core.package import check_integrity, verify_file
 from ota_build.core.signing import Keyring, public_key_from_pem
 
+log = logging.getLogger(__name__)
+
 CHUNK = 1024 * 1024
+TMP_MAX_AGE = 3600.0  # seconds: a tmp/upload-*.tmp untouched this long was left by a killed server
+SWEEP_INTERVAL = 600.0  # seconds between sweeps of tmp/ by a running worker
 
 
 class TooLarge(Exception):
@@ -67,16 +75,42 @@ class _Sink:
 class Storage:
     """Files of one data directory."""
 
-    def __init__(self, data_dir: str, max_upload_bytes: int):
+    def __init__(self, data_dir: str, max_upload_bytes: int, tmp_max_age: float = TMP_MAX_AGE):
         self.root = Path(data_dir).resolve()
         self.max_upload_bytes = max_upload_bytes
+        self.tmp_dir = self.root / "tmp"
+        self.tmp_max_age = tmp_max_age
+        self._last_sweep = 0.0
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, 0o700)  # also a data directory made before files were private
         for sub in ("tmp", "uploads", "blobs", "otafiles"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            (self.root / sub).mkdir(exist_ok=True, mode=0o700)
+            os.chmod(self.root / sub, 0o700)
+        self.sweep_tmp(self.tmp_max_age)
 
     # ------------------------------------------------------------------ receiving
     def temp_file(self) -> Tuple[int, str]:
-        """A new temporary file in ``tmp/`` (fd, path)."""
-        return tempfile.mkstemp(prefix="upload-", suffix=".tmp", dir=str(self.root / "tmp"))
+        """A new temporary file in ``tmp/`` (fd, path), mode 0600; sweeps stale ones now and then."""
+        if time.monotonic() - self._last_sweep > SWEEP_INTERVAL:
+            self.sweep_tmp(self.tmp_max_age)
+        return tempfile.mkstemp(prefix="upload-", suffix=".tmp", dir=str(self.tmp_dir))
+
+    def sweep_tmp(self, max_age: float) -> int:
+        """Remove ``tmp/upload-*.tmp`` files not modified for ``max_age`` seconds (left by a killed
+        server: a live upload writes or is verified continuously); how many. ``ota-build serve`` calls
+        it with 0 before any worker starts; each worker with ``tmp_max_age`` at start and every
+        ``SWEEP_INTERVAL`` seconds."""
+        self._last_sweep = time.monotonic()
+        cutoff = time.time() - max_age
+        removed = 0
+        for path in self.tmp_dir.glob("upload-*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime <= cutoff:
+                    path.unlink()
+                    removed += 1
+        if removed:
+            log.info("removed %d stale temporary upload file(s) from %s", removed, self.tmp_dir)
+        return removed
 
     @contextlib.contextmanager
     def _sink(self) -> Iterator[_Sink]:
@@ -114,8 +148,8 @@ class Storage:
 
     def publish(self, tmp_path: str, final: Path) -> None:
         """Atomically move a fully written temporary file to ``final``."""
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(tmp_path, 0o644)
+        final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(tmp_path, 0o600)
         os.replace(tmp_path, final)
         fsync_dir(final.parent, strict=True)
 
@@ -129,7 +163,7 @@ class Storage:
     def create_part(self, upload_id: str) -> Path:
         """Create the empty partial file of a new upload session, durably (file and directory fsync'd)."""
         part = self.part_path(upload_id)
-        fd = os.open(str(part), os.O_WRONLY | os.O_CREAT, 0o644)
+        fd = os.open(str(part), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             os.fsync(fd)
         finally:
