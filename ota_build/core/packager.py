@@ -39,6 +39,7 @@ from typing import IO, Any, Dict, List, Mapping, Union
 from ota_build.core.errors import CorruptError, TruncatedError, UsageError
 from ota_build.core.files import PathLike, atomic_open
 from ota_build.core.header import SigAlg
+from ota_build.core.signing import sign_message
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ def pack(inputs: Mapping[str, Source], out: IO[bytes], signer: Any, options: Pac
             "files": [files[n] for n in sorted(files)],
         }
         manifest_bytes = canonical_json(manifest)
-        signature = signer.sign(manifest_bytes)
+        signature = sign_message(signer, manifest_bytes)  # ECDSA: low-S, as every verify path wants
         generated[MANIFEST] = manifest_bytes
         generated[MANIFEST_SIG] = signature
         start = out.tell()

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from ota_build.core.errors import (BadSignatureError, CorruptError, DowngradeError, TruncatedError, UnknownKeyError,
                                    UsageError, VerifyError)
 from ota_build.core.header import SigAlg
+from ota_build.core.signing import sign_message
 from ota_build.core.signing.base import Signer
 from ota_build.core.signing.keys import Keyring, PublicKey
 
@@ -181,7 +182,7 @@ def sign_envelope(manifest: bytes, signer: Signer) -> bytes:
         raise UsageError(f"SUIT manifests are signed with ed25519 or ecdsa-p256, not {alg.label}")
     protected = _dumps({COSE_HDR_ALG: COSE_ALGS[alg]})
     payload = _dumps([DIGEST_SHA256, _manifest_digest(manifest)])
-    signature = signer.sign(_sig_structure(protected, payload))
+    signature = sign_message(signer, _sig_structure(protected, payload))  # ECDSA: low-S, as every verify path wants
     if alg is SigAlg.ECDSA_P256_SHA256:
         signature = _raw_from_der(signature)
     sign1 = cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {COSE_HDR_KID: signer.key_id}, payload, signature])

@@ -7,8 +7,9 @@ application that, for every request that may carry a body (POST, PUT, PATCH):
 
 * authenticates the bearer token (or the HTTP Basic ``token`` user on the seed tools' writes:
   ``PUT /upload``, ``POST /packager/upload``, ``POST /publish``, ``PUT /notify``) of the routes
-  that need one, answering 401 without reading the body; the principal found is passed on in the scope, so ``auth.authenticate`` does not look it up twice; the web form's token, its first
-  field, is checked once that part is read (at most ``FORM_LIMIT`` bytes), before the file;
+  that need one, answering 401 without reading the body; the principal found is passed on in the
+  scope, so ``auth.authenticate`` does not look it up twice; the web form's token, its first field,
+  is checked once that part is read (at most ``FORM_LIMIT`` bytes), before the file;
 * refuses a declared ``Content-Length`` above the route's limit with 413 at once;
 * cuts off an undeclared (chunked) body as soon as it passes the limit (413).
 

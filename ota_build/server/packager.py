@@ -29,11 +29,12 @@ from ota_build.core import packager as fmt
 from ota_build.core.errors import OtaError
 from ota_build.server.auth import Principal, authenticate_or_basic
 from ota_build.server.packager_store import PackagerError, PackagerStore, stream
+from ota_build.server.responses import PACKAGER_PREFIX
 
 log = logging.getLogger(__name__)
 
 #: where the packager is mounted (``HOST`` of the seed's commands ends with it)
-PREFIX = "/packager"
+PREFIX = PACKAGER_PREFIX
 router = APIRouter(prefix=PREFIX, tags=["file packager (seed 000)"])
 
 #: the original's HTTP status for each statuscode, per endpoint

@@ -27,12 +27,19 @@ def one_line(text: str, limit: int = 500) -> str:
     return flat if len(flat) <= limit else flat[:limit - 1] + "…"
 
 
+#: where seed 000's file packager is mounted (its answers carry ``statuscode``)
+PACKAGER_PREFIX = "/packager"
+
+
 def error_body(status: int, message: str, path: str) -> dict:
     """Spring Boot's error shape, which the original tools parse: ``status``, ``error``, ``message``, ``path``
     and ``trace`` (the original uploader and deploy print only ``trace``): here one line, never a stack trace."""
     error = REASONS.get(status, "Error")
-    return {"status": status, "error": error, "message": message, "path": path,
+    body = {"status": status, "error": error, "message": message, "path": path,
             "trace": one_line(f"{status} {error}: {message}")}
+    if path == PACKAGER_PREFIX or path.startswith(PACKAGER_PREFIX + "/"):
+        body["statuscode"] = status  # seed 000's clients read {"statuscode": N}, also on a 401/413 from the guard
+    return body
 
 
 def error_response(status: int, message: str, path: str) -> JSONResponse:
