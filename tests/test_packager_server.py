@@ -64,8 +64,10 @@ def test_the_seed_commands_exactly(server, partner, tmp_path):
         assert zf.read("model.pkl") == (tmp_path / "model.pkl").read_bytes()
         assert zf.read("model.bat") == (tmp_path / "model.bat").read_bytes()
     assert {f["name"] for f in manifest["files"]} >= {"model.pkl", "model.bat"}
-    out = curl("curl -s -OJ http://${HOST}/download", tmp_path / "..", hostval)  # the served name is model.zip
-    assert (tmp_path.parent / "model.zip").read_bytes() == (tmp_path / "model.zip").read_bytes()
+    fresh = tmp_path / "served-name"  # an empty directory of this test's own: curl -OJ never overwrites a file
+    fresh.mkdir()
+    out = curl("curl -s -OJ http://${HOST}/download", fresh, hostval)  # the served name is model.zip
+    assert (fresh / "model.zip").read_bytes() == (tmp_path / "model.zip").read_bytes(), out
 
 
 def test_status_codes(server, partner):
