@@ -125,7 +125,8 @@ def record_vars(tmp_path, native, **changes):
         "OTA_RECORD_PREMADE": "${TMPDIR}/full_ota_record.json", "OTA_RECORD_TIMESTAMP": "1700000000",
         "OTA_SECRET_ENV_VARS": "OTA_KEY_PASSWORD OTA_USERNAME OTA_USERPW OTA_AUTH_STRING OTA_CREDENTIALS_FILE OTA_SERVER",
         "OTA_UPLOAD": "0", "OTA_AGENT": "0", "OTA_CREDENTIALS_FILE": "", "BB_ORIGENV": None, "OTA_SOURCE_DIR": str(ROOT),
-        "OTA_LAYERDIR": str(LAYER), **native,
+        "OTA_LAYERDIR": str(LAYER), "OTA_CHECKSUM_FILE_VARS": "OTA_CONFIG OTA_SIGNING_KEY_FILE OTA_PUBLIC_KEY_FILE",
+        **native,
     }
     values.update(changes)
     d = FakeData(values)
