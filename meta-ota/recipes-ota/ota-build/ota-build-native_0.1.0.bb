@@ -17,7 +17,7 @@ S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}/ota_build"
 
 INHIBIT_DEFAULT_DEPS = "1"
 
-inherit native ota-common
+inherit ota-common native
 
 do_configure[noexec] = "1"
 do_compile[noexec] = "1"
