@@ -40,7 +40,7 @@ def test_layer_conf():
     assert conf["BBFILE_COLLECTIONS"].split() == ["ota"]
     assert conf["BBFILE_PATTERN_ota"] == "^${LAYERDIR}/"
     assert conf["LAYERDEPENDS_ota"].split() == ["core"]
-    assert conf["LAYERSERIES_COMPAT_ota"].split() == ["kirkstone", "scarthgap", "walnascar"]
+    assert conf["LAYERSERIES_COMPAT_ota"].split() == ["kirkstone", "scarthgap", "wrynose"]
     assert "recipes-*/*/*.bb" in conf["BBFILES"]
     # Adding the layer must change nothing: no global INHERIT, no class enabled from layer.conf.
     text = "\n".join(line for line in (LAYER / "conf" / "layer.conf").read_text().splitlines()
