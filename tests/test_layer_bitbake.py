@@ -50,7 +50,6 @@ pytestmark = [pytest.mark.bitbake, pytest.mark.skipif(not shutil.which("openssl"
 LOCAL_CONF = """\
 require {layer}/conf/ota-test-build.conf
 TMPDIR = "${{TOPDIR}}/tmp"
-INHERIT += "ota"
 include ${{TOPDIR}}/conf/ota-settings.conf
 """
 
@@ -90,11 +89,12 @@ class Build:
             for path in paths:
                 shutil.chown(path, self.user, self.user)
 
-    def settings(self, **values: str):
+    def settings(self, inherit: bool = True, **values: str):
         """Write conf/ota-settings.conf (included by local.conf)."""
         values = {"OTA_SIGNING_KEY": str(self.key), "OTA_CONFIG": str(self.config), **values}
         path = self.dir / "conf" / "ota-settings.conf"
-        path.write_text("".join(f'{name} = "{value}"\n' for name, value in values.items()))
+        path.write_text(('INHERIT += "ota"\n' if inherit else "")
+                        + "".join(f'{name} = "{value}"\n' for name, value in values.items()))
         self.own(path)
 
     def bitbake(self, command: str, timeout: int = 3600, env: Optional[Dict[str, str]] = None) -> Run:
@@ -131,6 +131,10 @@ class Build:
 
     def deployed(self, name: str) -> Path:
         return self.deploy / name
+
+
+def problems(run: Run) -> List[str]:
+    return [line for line in run.output.splitlines() if line.startswith(("WARNING", "ERROR"))]
 
 
 def make_key(path: Path, password: str):
@@ -170,7 +174,8 @@ def build(request, tmp_path_factory) -> Build:
     if user:
         subprocess.run(["chown", "-R", f"{user}:{user}", str(build_dir)], check=True)
         build_dir.parent.chmod(0o755)
-    b.build("first build")
+    run = b.build("first build")
+    assert not problems(run), problems(run)
     yield b
     print(f"\n{release}: " + ", ".join(f"{k} {v:.0f} s" for k, v in b.timings.items()))
 
@@ -196,6 +201,23 @@ def test_release_verifies_with_the_key_in_the_rootfs(build):
     config = json.loads(build.config.read_text())
     assert record["name"] == config["name"] and record["type"] == 5
     assert result.header.version_number == int(record["versionNumber"])
+
+
+def test_parse_without_warnings_with_and_without_inherit(build):
+    """The layer parses without a warning: added alone (no recipe changes) and with INHERIT += "ota"."""
+    try:
+        for inherit in (False, True):
+            build.settings(inherit=inherit)
+            for cache in (build.tmpdir / "cache").rglob("bb_cache.dat*"):
+                cache.unlink()                                 # a real parse, with its warnings
+            run = build.bitbake("bitbake -p")
+            assert run.returncode == 0 and not problems(run), run.output[-3000:]
+            assert re.search(r"Parsing of \d+ \.bb files complete.* 0 errors", run.output), run.output[-3000:]
+            env = build.bitbake(f"bitbake -e {IMAGE}")
+            assert env.returncode == 0, env.output[-3000:]
+            assert ("ota-image" in re.search(r'^IMAGE_CLASSES="(.*)"', env.output, re.M).group(1).split()) == inherit
+    finally:
+        build.settings()
 
 
 def test_rebuild_with_nothing_changed_runs_no_task(build):

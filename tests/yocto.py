@@ -73,11 +73,15 @@ def bitbake_lib(release: str):
             pytest.skip(f"bb is already imported from {loaded}")
     else:
         sys.path.insert(0, lib)
-    import bb  # noqa: F401
-    import bb.checksum  # noqa: F401
-    import bb.data  # noqa: F401
-    import bb.fetch2  # noqa: F401
-    import bb.parse  # noqa: F401
+    dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True   # the tree belongs to BitBake's user
+    try:
+        import bb  # noqa: F401
+        import bb.checksum  # noqa: F401
+        import bb.data  # noqa: F401
+        import bb.fetch2  # noqa: F401
+        import bb.parse  # noqa: F401
+    finally:
+        sys.dont_write_bytecode = dont_write
     return sys.modules["bb"]
 
 
