@@ -5,7 +5,7 @@ The image is tests/bitbake/meta-ota-test's ota-test-image: a real core-image who
 holds only our packages, made by Debian's dpkg/apt under Debian's pseudo (see that layer's
 conf/ota-test-build.conf). About a minute per release on 2 cores once the tree is unpacked.
 
-    OTA_BITBAKE_RELEASES   releases to build (default "scarthgap wrynose"; "" skips all)
+    OTA_BITBAKE_RELEASES   releases to build (default "kirkstone scarthgap wrynose"; "" skips all)
     OTA_BITBAKE_BUILD_DIR  parent of the build directories (default /tmp/ota-bitbake-<user>);
                            kept between runs, so a second run is incremental
     OTA_YOCTO_SHARED, OTA_YOCTO_TREES, OTA_BITBAKE_USER: see tests/yocto.py
@@ -35,7 +35,7 @@ from ota_build.core.signing import Keyring, generate_key
 from .yocto import LAYER, ROOT, bitbake_user, readable_by, release_tree
 
 TEST_LAYER = ROOT / "tests" / "bitbake" / "meta-ota-test"
-RELEASES = os.environ.get("OTA_BITBAKE_RELEASES", "scarthgap wrynose").split()
+RELEASES = os.environ.get("OTA_BITBAKE_RELEASES", "kirkstone scarthgap wrynose").split()
 IMAGE = "ota-test-image"
 # Test secrets: each must never be written anywhere under TMPDIR, the sstate cache or the parse cache.
 SECRETS = {
@@ -123,8 +123,16 @@ class Build:
         return run
 
     # --- what the build made --------------------------------------------------
+    @property
+    def rootfs_tar(self) -> Path:
+        """The deployed rootfs (IMAGE_LINK_NAME: "<image>-<machine>.rootfs" from scarthgap on, without ".rootfs" before)."""
+        for name in (f"{IMAGE}-qemux86-64.rootfs.tar.gz", f"{IMAGE}-qemux86-64.tar.gz"):
+            if (self.deploy / name).exists():
+                return self.deploy / name
+        raise AssertionError(f"no rootfs tar.gz in {self.deploy}")
+
     def rootfs_file(self, name: str) -> bytes:
-        with tarfile.open(self.deploy / f"{IMAGE}-qemux86-64.rootfs.tar.gz") as tar:
+        with tarfile.open(self.rootfs_tar) as tar:
             member = tar.extractfile("./" + name)
             assert member is not None, name
             return member.read()
@@ -169,7 +177,8 @@ def build(request, tmp_path_factory) -> Build:
     if release in ("kirkstone", "scarthgap"):
         local += 'TCLIBCAPPEND = ""\n'                  # TMPDIR without "-glibc" (the variable is gone in wrynose)
     (build_dir / "conf" / "local.conf").write_text(local)
-    (build_dir / "conf" / "templateconf.cfg").write_text(f"{tree}/meta/conf/templates/default\n")
+    template = tree / "meta" / "conf" / "templates" / "default"                   # kirkstone: meta/conf
+    (build_dir / "conf" / "templateconf.cfg").write_text(f"{template if template.is_dir() else tree / 'meta' / 'conf'}\n")
     b.settings()
     if user:
         subprocess.run(["chown", "-R", f"{user}:{user}", str(build_dir)], check=True)
@@ -190,7 +199,7 @@ def check_release(b: Build, public_pem: bytes):
     payload = b.dir / "keys" / "payload.tar.gz"
     result = verify_file(str(b.deployed("hub_update.bin")), Keyring.from_files([str(keyfile)]), expected_type=5,
                          extract_to=str(payload))
-    assert payload.read_bytes() == (b.deploy / f"{IMAGE}-qemux86-64.rootfs.tar.gz").read_bytes()
+    assert payload.read_bytes() == b.rootfs_tar.read_bytes()
     record = json.loads(b.rootfs_file("etc/full_ota_record.json"))
     assert json.loads(b.deployed("full_ota_record.json").read_bytes()) == record
     return result, record
