@@ -270,6 +270,25 @@ def test_config_edit_reaches_the_record(build):
     assert record["description"] == json.loads(original)["description"]
 
 
+def test_build_number_from_the_environment_and_debug_reach_record_and_header(build):
+    """Jenkins' BUILD_NUMBER (passed through, as the README says) and OTA_DEBUG = "1"."""
+    config = json.loads(build.config.read_text())
+    try:
+        build.settings(OTA_DEBUG="1")
+        run = build.bitbake(f"bitbake {IMAGE}", env={"BUILD_NUMBER": "42", "BB_ENV_PASSTHROUGH_ADDITIONS": "BUILD_NUMBER"})
+        build.timings["build number + debug"] = run.seconds
+        assert run.returncode == 0, run.output[-5000:]
+        assert "ota-record:do_compile" in run.tasks, run.tasks
+        result, record = check_release(build, build.key.with_suffix(".pub").read_bytes())
+        assert record["version"] == f"{config['version']}.42d", record["version"]
+        assert result.header.version_number == int(record["versionNumber"])
+    finally:
+        build.settings()
+    build.build("build number and debug off")
+    _, record = check_release(build, build.key.with_suffix(".pub").read_bytes())
+    assert record["version"] == f"{config['version']}.0"
+
+
 def test_no_secret_under_tmpdir_sstate_or_cache(build):
     """The key password (needed: the key is encrypted) and the upload credentials were in
     BitBake's environment for every build; none may be written out."""
