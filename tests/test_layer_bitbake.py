@@ -289,6 +289,32 @@ def test_build_number_from_the_environment_and_debug_reach_record_and_header(bui
     assert record["version"] == f"{config['version']}.0"
 
 
+def tar_members(path: Path) -> list:
+    """(name, mode, uid, gid, mtime, content) of every member, without the pax atime/ctime."""
+    with tarfile.open(path) as tar:
+        return [(m.name, m.mode, m.uid, m.gid, m.mtime, tar.extractfile(m).read() if m.isfile() else m.linkname)
+                for m in tar.getmembers()]
+
+
+def test_clean_removes_the_release_and_a_rebuild_makes_the_same(build):
+    """``bitbake -c clean`` removes what do_ota_package deployed (sstate-managed); the rebuild
+    makes the same release: byte for byte where oe-core's image is reproducible (wrynose);
+    before that, IMAGE_CMD:tar (kirkstone, scarthgap) writes the files' atime/ctime into pax
+    headers, so only the tar's members and the record are the same."""
+    before = {name: build.deployed(name).read_bytes() for name in ("hub_update.bin", "full_ota_record.json")}
+    members = tar_members(build.rootfs_tar)
+    run = build.bitbake(f"bitbake -c clean {IMAGE}")
+    assert run.returncode == 0, run.output[-3000:]
+    assert not build.deployed("hub_update.bin").exists() and not build.deployed("hub_update.bin").is_symlink()
+    assert not list(build.deploy.glob("*.hub_update.bin"))
+    build.build("rebuild after clean")
+    check_release(build, build.key.with_suffix(".pub").read_bytes())
+    assert build.deployed("full_ota_record.json").read_bytes() == before["full_ota_record.json"]
+    assert tar_members(build.rootfs_tar) == members
+    if build.release not in ("kirkstone", "scarthgap"):
+        assert build.deployed("hub_update.bin").read_bytes() == before["hub_update.bin"]
+
+
 def test_no_secret_under_tmpdir_sstate_or_cache(build):
     """The key password (needed: the key is encrypted) and the upload credentials were in
     BitBake's environment for every build; none may be written out."""
