@@ -248,7 +248,9 @@ def test_parse_time_import_writes_no_bytecode(tmp_path):
     script = f"""
 import sys
 sys.path.insert(0, {str(tree / "bitbake" / "lib")!r})
+sys.dont_write_bytecode = True          # nothing into the release tree (BitBake's user owns it)
 import bb, bb.data, bb.parse
+sys.dont_write_bytecode = False         # as in BitBake's parser: bytecode on, unless the layer turns it off
 d = bb.data.init()
 d.setVar("BBPATH", {str(LAYER)!r})
 d.setVar("__bbclasstype", "recipe")
