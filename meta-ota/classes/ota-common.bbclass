@@ -54,6 +54,8 @@ OTA_PATH_VARS = "OTA_CONFIG OTA_SIGNING_KEY OTA_SIGNING_PUBLIC_KEY OTA_DEV_KEY_D
 # into a signature, a log or the task's run script. The upload's network settings
 # (OTA_CONNECT_TIMEOUT, OTA_READ_TIMEOUT, OTA_RETRIES) travel the same way: they
 # change how long an upload waits, never an output, so they stay out of signatures.
+# The secrets proper: the parse warns when one of them is a BitBake variable.
+OTA_PASSTHROUGH_SECRETS = "OTA_KEY_PASSWORD OTA_USERNAME OTA_USERPW OTA_AUTH_STRING"
 OTA_SECRET_ENV_VARS = "OTA_KEY_PASSWORD OTA_USERNAME OTA_USERPW OTA_AUTH_STRING OTA_CREDENTIALS_FILE OTA_SERVER \
                        OTA_CONNECT_TIMEOUT OTA_READ_TIMEOUT OTA_RETRIES"
 # [file-checksums] entries are "path:True" for a file that exists (BitBake checksums it) and
@@ -130,7 +132,13 @@ def ota_check_settings(d):
     cfg, problem = ota_settings_problem(d)
     if problem:
         bb.fatal(problem)
+    for name in d.getVar("OTA_PASSTHROUGH_SECRETS").split():
+        if d.getVar(name):
+            bb.warn("%s is a BitBake variable (set in a conf file or passed with BB_ENV_PASSTHROUGH_ADDITIONS): "
+                    "BitBake writes every variable into ${TMPDIR}/log/eventlog. Export it in the environment "
+                    "only; the OTA tasks read it from there." % name)
     return cfg
+ota_check_settings[vardepsexclude] = "${OTA_PASSTHROUGH_SECRETS}"
 
 def ota_settings_problem(d):
     """(config, None) when the settings are usable, else (None, one-line message)."""
