@@ -315,6 +315,23 @@ def test_clean_removes_the_release_and_a_rebuild_makes_the_same(build):
         assert build.deployed("hub_update.bin").read_bytes() == before["hub_update.bin"]
 
 
+def test_two_images_share_the_stable_links(build):
+    """A second image: each keeps its own versioned release and <IMAGE_LINK_NAME> links; the
+    stable names (hub_update.bin, the record, the key) all point at the last image packaged."""
+    run = build.bitbake(f"bitbake {IMAGE}-b")
+    build.timings["second image"] = run.seconds
+    assert run.returncode == 0 and not problems(run), run.output[-5000:]
+    for image in (IMAGE, f"{IMAGE}-b"):
+        links = sorted(build.deploy.glob(f"{image}-qemux86-64*.hub_update.bin"))
+        links = [p for p in links if p.is_symlink()]
+        assert len(links) == 1, links
+        verify_file(str(links[0]), Keyring.from_files([str(build.key.with_suffix(".pub"))]), expected_type=5)
+    stable = {name: os.readlink(build.deployed(name)) for name in ("hub_update.bin", "full_ota_record.json",
+                                                                   "ota-signing.pub.pem")}
+    assert all(target.startswith(f"{IMAGE}-b-qemux86-64") for target in stable.values()), stable
+    assert build.bitbake(f"bitbake {IMAGE}").tasks == []                    # the first image is up to date
+
+
 def test_no_secret_under_tmpdir_sstate_or_cache(build):
     """The key password (needed: the key is encrypted) and the upload credentials were in
     BitBake's environment for every build; none may be written out."""
