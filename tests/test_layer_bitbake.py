@@ -306,7 +306,7 @@ def test_clean_removes_the_release_and_a_rebuild_makes_the_same(build):
     run = build.bitbake(f"bitbake -c clean {IMAGE}")
     assert run.returncode == 0, run.output[-3000:]
     assert not build.deployed("hub_update.bin").exists() and not build.deployed("hub_update.bin").is_symlink()
-    assert not list(build.deploy.glob("*.hub_update.bin"))
+    assert not list(build.deploy.glob(f"{IMAGE}-qemux86-64*.hub_update.bin"))
     build.build("rebuild after clean")
     check_release(build, build.key.with_suffix(".pub").read_bytes())
     assert build.deployed("full_ota_record.json").read_bytes() == before["full_ota_record.json"]
@@ -318,6 +318,7 @@ def test_clean_removes_the_release_and_a_rebuild_makes_the_same(build):
 def test_two_images_share_the_stable_links(build):
     """A second image: each keeps its own versioned release and <IMAGE_LINK_NAME> links; the
     stable names (hub_update.bin, the record, the key) all point at the last image packaged."""
+    assert build.bitbake(f"bitbake -c clean {IMAGE}-b").returncode == 0      # no state from an earlier run
     run = build.bitbake(f"bitbake {IMAGE}-b")
     build.timings["second image"] = run.seconds
     assert run.returncode == 0 and not problems(run), run.output[-5000:]
@@ -330,6 +331,7 @@ def test_two_images_share_the_stable_links(build):
                                                                    "ota-signing.pub.pem")}
     assert all(target.startswith(f"{IMAGE}-b-qemux86-64") for target in stable.values()), stable
     assert build.bitbake(f"bitbake {IMAGE}").tasks == []                    # the first image is up to date
+    assert build.bitbake(f"bitbake -c clean {IMAGE}-b").returncode == 0      # the next run starts without it
 
 
 def test_no_secret_under_tmpdir_sstate_or_cache(build):
