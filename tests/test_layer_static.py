@@ -1,10 +1,12 @@
 """meta-ota, checked without BitBake: layer.conf, lint, and the rules the classes keep.
 
-Real-BitBake checks are in test_layer_poky.py (they need OTA_POKY_DIR).
+The datastore and checksum checks below use BitBake's own code (lib/bb from a release tree,
+tests/yocto.py); real builds are in test_layer_bitbake.py and test_layer_poky.py.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -15,6 +17,8 @@ import pytest
 
 import ota_build
 from ota_build.core.config import load_config
+
+from .yocto import bitbake_lib, release_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYER = ROOT / "meta-ota"
@@ -36,7 +40,7 @@ def test_layer_conf():
     assert conf["BBFILE_COLLECTIONS"].split() == ["ota"]
     assert conf["BBFILE_PATTERN_ota"] == "^${LAYERDIR}/"
     assert conf["LAYERDEPENDS_ota"].split() == ["core"]
-    assert conf["LAYERSERIES_COMPAT_ota"].split() == ["kirkstone", "scarthgap", "walnascar"]
+    assert conf["LAYERSERIES_COMPAT_ota"].split() == ["kirkstone", "scarthgap", "wrynose"]
     assert "recipes-*/*/*.bb" in conf["BBFILES"]
     # Adding the layer must change nothing: no global INHERIT, no class enabled from layer.conf.
     text = "\n".join(line for line in (LAYER / "conf" / "layer.conf").read_text().splitlines()
@@ -108,14 +112,18 @@ def test_every_ota_task_excludes_secrets_from_signatures():
 def test_key_config_and_record_changes_rerun_the_ota_tasks():
     common = assignments(LAYER / "classes" / "ota-common.bbclass")
     for name in ("OTA_CONFIG", "OTA_SIGNING_KEY_FILE", "OTA_PUBLIC_KEY_FILE", "OTA_RECORD_PREMADE"):
-        assert name in common["OTA_FILE_CHECKSUMS"]
+        assert name in common["OTA_CHECKSUM_FILE_VARS"].split()
     for name in ("OTA_BUILD_NUMBER", "OTA_DEBUG", "OTA_VERSION_NUMBER", "OTA_TYPE"):
         assert name in common["OTA_VALUE_VARS"].split()
     record = (LAYER / "recipes-ota" / "ota-record" / "ota-record_1.0.bb").read_text()
     assert 'do_compile[file-checksums] += "${OTA_FILE_CHECKSUMS}"' in record
     assert 'do_compile[vardeps] += "${OTA_VALUE_VARS}' in record
     image = (LAYER / "classes" / "ota-image.bbclass").read_text()
-    assert 'do_ota_package[file-checksums] += "${OTA_SIGNING_KEY_FILE}:False"' in image
+    assert 'do_ota_package[file-checksums] += "${OTA_KEY_CHECKSUMS}"' in image
+    # BitBake skips every "path:False" entry: a literal ":False" would checksum nothing
+    # (test_bitbake_checksums_the_key_config_and_record runs BitBake's own code on them).
+    for path in METADATA:
+        assert not re.search(r"\[file-checksums\].*:False", path.read_text()), f"{path.name}: an entry BitBake skips"
     # a build number from the environment is a value: it must reach the signature
     assert 'OTA_BUILD_NUMBER[vardepvalue] = "${OTA_BUILD_NUMBER}"' in (LAYER / "classes" / "ota-common.bbclass").read_text()
 
@@ -151,3 +159,110 @@ def test_readme_documents_every_setting():
     for name in settings:
         assert f"`{name}`" in readme, f"README does not document {name}"
     assert "OTA_POKY_DIR" in readme
+
+
+def bitbake_datastore(bb, tree: Path, metadata: Path, **values):
+    """A real BitBake datastore holding ``metadata`` (a class or recipe of the layer, parsed
+    as an include: no anonymous functions), the layer and oe-core's meta on BBPATH."""
+    d = bb.data.init()
+    d.setVar("BBPATH", f"{LAYER}:{tree}/meta")
+    d.setVar("__bbclasstype", "recipe")
+    d.setVar("OTA_LAYERDIR", str(LAYER))
+    d.setVar("OTA_SOURCE_DIR", str(ROOT))
+    d.setVar("SOURCE_DATE_EPOCH", "0")
+    for name, value in values.items():
+        d.setVar(name, str(value))
+    bb.parse.handle(str(metadata), d, True)
+    return d
+
+
+def test_bitbake_checksums_the_key_config_and_record(tmp_path):
+    """Regression (issue 10, defect 1): the OTA tasks' [file-checksums] were "path:False",
+    which BitBake skips, so a new key or an edited config re-ran nothing. Expanded by a real
+    BitBake datastore and checksummed by BitBake's own FileChecksumCache."""
+    bb = bitbake_lib("scarthgap")
+    tree = release_tree("scarthgap")
+    key, pub, config, premade = (tmp_path / n for n in ("k.pem", "k.pub.pem", "c.json", "record.json"))
+    for path in (key, pub, config, premade):
+        path.write_text(path.name)
+    values = dict(TOPDIR=tmp_path, TMPDIR=tmp_path / "tmp", OTA_SIGNING_KEY=key, OTA_SIGNING_PUBLIC_KEY=pub,
+                  OTA_CONFIG=config, OTA_RECORD_PREMADE=premade)
+    cache = bb.checksum.FileChecksumCache()
+    cache.init_cache(str(tmp_path / "cache"))
+
+    def checksummed(flags):
+        return {Path(path).name: value for path, value in cache.get_checksums(flags, "ota", [])}
+
+    record = bitbake_datastore(bb, tree, LAYER / "recipes-ota" / "ota-record" / "ota-record_1.0.bb", **values)
+    sums = checksummed(record.getVarFlag("do_compile", "file-checksums"))
+    assert set(sums) == {"k.pem", "k.pub.pem", "c.json", "record.json"}, sums
+    image = bitbake_datastore(bb, tree, LAYER / "classes" / "ota-image.bbclass", **values)
+    assert set(checksummed(image.getVarFlag("do_ota_package", "file-checksums"))) == {"k.pem"}
+    assert set(checksummed(image.getVarFlag("do_ota_upload", "file-checksums"))) == {"c.json"}
+    agent = bitbake_datastore(bb, tree, LAYER / "recipes-ota" / "ota-agent" / "ota-agent_1.0.bb", **values)
+    assert set(checksummed(agent.getVarFlag("do_compile", "file-checksums"))) == {"c.json"}
+    # a file that is not there is skipped ("path:False"), without a warning
+    premade.unlink()
+    record = bitbake_datastore(bb, tree, LAYER / "recipes-ota" / "ota-record" / "ota-record_1.0.bb", **values)
+    assert f"{premade}:False" in record.getVarFlag("do_compile", "file-checksums")
+    assert "record.json" not in checksummed(record.getVarFlag("do_compile", "file-checksums"))
+
+
+def test_sources_exclude_bytecode_caches(tmp_path):
+    """Regression (issue 10, defect 2): SRC_URI = "file://ota_build/" made the fetcher checksum
+    ota_build/__pycache__, which any Python run in the repository writes: spurious rebuilds."""
+    bb = bitbake_lib("scarthgap")
+    tree = release_tree("scarthgap")
+    src = tmp_path / "repo"
+    shutil.copytree(ROOT / "ota_build", src / "ota_build",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    d = bitbake_datastore(bb, tree, LAYER / "recipes-ota" / "ota-agent" / "ota-agent_1.0.bb",
+                          TOPDIR=tmp_path, TMPDIR=tmp_path / "tmp")
+    d.setVar("OTA_SOURCE_DIR", str(src))
+    d.setVar("FILESPATH", f"{src}:{LAYER}/recipes-ota/ota-agent/files")
+
+    def fetched():
+        return sorted(entry for entry in bb.fetch2.get_checksum_file_list(d).split() if "/ota_build/" in entry)
+
+    before = fetched()
+    assert f"{src}/ota_build/core/config.py:True" in before
+    assert f"{src}/ota_build/device/agent.py:True" in before
+    assert not any("/server/" in e or "/cli/" in e or "/partner/" in e for e in before)   # device parts only
+    for cache in (src / "ota_build" / "__pycache__", src / "ota_build" / "core" / "__pycache__"):
+        cache.mkdir()
+        (cache / "config.cpython-311.pyc").write_bytes(b"\0")
+    (src / "ota_build" / "core" / "stray.pyc").write_bytes(b"\0")
+    assert fetched() == before
+    native = next(LAYER.glob("recipes-ota/ota-build/ota-build-native_*.bb")).read_text()
+    assert 'SRC_URI = "${@ota_source_uris(d)}"' in native and "file://ota_build/" not in native
+
+
+def test_parse_time_import_writes_no_bytecode(tmp_path):
+    """Regression (issue 10, defect 2): the parse-time import of ota_build (ota_library) wrote
+    ota_build/__pycache__ into the layer's repository. Run by BitBake's datastore in a fresh
+    Python, as the parser does; sys.dont_write_bytecode is restored afterwards."""
+    tree = release_tree("scarthgap")
+    src = tmp_path / "repo"
+    shutil.copytree(ROOT / "ota_build", src / "ota_build",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    script = f"""
+import sys
+sys.path.insert(0, {str(tree / "bitbake" / "lib")!r})
+sys.dont_write_bytecode = True          # nothing into the release tree (BitBake's user owns it)
+import bb, bb.data, bb.parse
+sys.dont_write_bytecode = False         # as in BitBake's parser: bytecode on, unless the layer turns it off
+d = bb.data.init()
+d.setVar("BBPATH", {str(LAYER)!r})
+d.setVar("__bbclasstype", "recipe")
+d.setVar("OTA_LAYERDIR", {str(LAYER)!r})
+d.setVar("TOPDIR", {str(tmp_path)!r})
+d.setVar("TMPDIR", {str(tmp_path / "tmp")!r})
+bb.parse.handle({str(LAYER / "classes" / "ota-common.bbclass")!r}, d, True)
+d.setVar("OTA_SOURCE_DIR", {str(src)!r})
+print(d.expand("${{@ota_settings_problem(d)[1]}}"), d.expand("${{@ota_library(d).__file__}}"), sys.dont_write_bytecode)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["None", str(src / "ota_build" / "__init__.py"), "False"], proc.stdout
+    assert not list(src.rglob("__pycache__")) and not list(src.rglob("*.pyc"))

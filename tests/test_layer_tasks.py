@@ -125,7 +125,9 @@ def record_vars(tmp_path, native, **changes):
         "OTA_RECORD_PREMADE": "${TMPDIR}/full_ota_record.json", "OTA_RECORD_TIMESTAMP": "1700000000",
         "OTA_SECRET_ENV_VARS": "OTA_KEY_PASSWORD OTA_USERNAME OTA_USERPW OTA_AUTH_STRING OTA_CREDENTIALS_FILE OTA_SERVER",
         "OTA_UPLOAD": "0", "OTA_AGENT": "0", "OTA_CREDENTIALS_FILE": "", "BB_ORIGENV": None, "OTA_SOURCE_DIR": str(ROOT),
-        "OTA_LAYERDIR": str(LAYER), **native,
+        "OTA_LAYERDIR": str(LAYER), "OTA_CHECKSUM_FILE_VARS": "OTA_CONFIG OTA_SIGNING_KEY_FILE OTA_PUBLIC_KEY_FILE",
+        "OTA_PASSTHROUGH_SECRETS": "OTA_KEY_PASSWORD OTA_USERNAME OTA_USERPW OTA_AUTH_STRING",
+        **native,
     }
     values.update(changes)
     d = FakeData(values)
@@ -350,3 +352,14 @@ def test_agent_recipe_install_ships_only_the_device_side(tmp_path):
                            "from ota_build.device.cli import main; sys.argv = ['ota-agent', '--help']; main()"],
                           capture_output=True, text=True, env=env, check=False)
     assert proc.returncode == 0 and "usage: ota-agent" in proc.stdout, proc.stderr
+
+
+def test_parse_warns_when_a_secret_is_a_bitbake_variable(tmp_path, native):
+    """BB_ENV_PASSTHROUGH_ADDITIONS makes a secret a variable, which BitBake's event log writes
+    under TMPDIR (found by tests/test_layer_bitbake.py): the parse says so, without the value."""
+    ns = load(COMMON)
+    ns.ota_check_settings(record_vars(tmp_path, native))
+    assert ns.bb.warnings == []
+    ns.ota_check_settings(record_vars(tmp_path, native, OTA_USERPW="s3cret-value"))
+    assert len(ns.bb.warnings) == 1 and ns.bb.warnings[0].startswith("OTA_USERPW is a BitBake variable")
+    assert "s3cret-value" not in ns.bb.warnings[0]

@@ -54,32 +54,77 @@ OTA_PATH_VARS = "OTA_CONFIG OTA_SIGNING_KEY OTA_SIGNING_PUBLIC_KEY OTA_DEV_KEY_D
 # into a signature, a log or the task's run script. The upload's network settings
 # (OTA_CONNECT_TIMEOUT, OTA_READ_TIMEOUT, OTA_RETRIES) travel the same way: they
 # change how long an upload waits, never an output, so they stay out of signatures.
+# The secrets proper: the parse warns when one of them is a BitBake variable.
+OTA_PASSTHROUGH_SECRETS = "OTA_KEY_PASSWORD OTA_USERNAME OTA_USERPW OTA_AUTH_STRING"
 OTA_SECRET_ENV_VARS = "OTA_KEY_PASSWORD OTA_USERNAME OTA_USERPW OTA_AUTH_STRING OTA_CREDENTIALS_FILE OTA_SERVER \
                        OTA_CONNECT_TIMEOUT OTA_READ_TIMEOUT OTA_RETRIES"
-OTA_FILE_CHECKSUMS = "${@' '.join(p + ':False' for p in (d.getVar(v) for v in ('OTA_CONFIG', 'OTA_SIGNING_KEY_FILE', 'OTA_PUBLIC_KEY_FILE', 'OTA_RECORD_PREMADE')) if p)}"
+# [file-checksums] entries are "path:True" for a file that exists (BitBake checksums it) and
+# "path:False" for one that does not (BitBake skips the entry), as oe-core writes them
+# (image_types_wic.bbclass: WKS_FILE_CHECKSUM). ota_settings_problem() marks the files as
+# parse dependencies, so a key made or removed later re-parses and re-checksums.
+OTA_CHECKSUM_FILE_VARS = "OTA_CONFIG OTA_SIGNING_KEY_FILE OTA_PUBLIC_KEY_FILE OTA_RECORD_PREMADE"
+OTA_FILE_CHECKSUMS = "${@ota_file_checksums(d, d.getVar('OTA_CHECKSUM_FILE_VARS'))}"
+OTA_KEY_CHECKSUMS = "${@ota_file_checksums(d, 'OTA_SIGNING_KEY_FILE')}"
+OTA_CONFIG_CHECKSUMS = "${@ota_file_checksums(d, 'OTA_CONFIG')}"
 OTA_NATIVE_DEPENDS = "ota-build-native:do_populate_sysroot python3-native:do_populate_sysroot openssl-native:do_populate_sysroot"
+
+def ota_file_checksums(d, names):
+    """[file-checksums] entries for the files the variables ``names`` name: "path:True" when
+    the file exists (so BitBake checksums its content), "path:False" when it does not."""
+    import os
+    paths = [d.getVar(v) for v in names.split()]
+    return " ".join("%s:%s" % (p, os.path.exists(p)) for p in paths if p)
 
 def ota_library(d):
     """The ota_build package of this layer's repository, for parse-time checks
     (stdlib-only; loaded by path, without touching sys.path). None if it cannot
-    be loaded by this Python: the first OTA task then reports the problem."""
+    be loaded by this Python: the first OTA task then reports the problem.
+    No bytecode is written: ota_build/__pycache__ in the repository would be
+    a change to the sources of ota-build-native and ota-agent."""
     import importlib.util
     import os
     import sys
     if "ota_build" in sys.modules:
         return sys.modules["ota_build"]
     init = os.path.join(d.getVar("OTA_SOURCE_DIR"), "ota_build", "__init__.py")
+    dont_write = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
     try:
         spec = importlib.util.spec_from_file_location("ota_build", init,
                                                       submodule_search_locations=[os.path.dirname(init)])
         module = importlib.util.module_from_spec(spec)
         sys.modules["ota_build"] = module
         spec.loader.exec_module(module)
-        import ota_build.core.config, ota_build.core.version  # noqa: F401
+        import ota_build.core.config, ota_build.core.errors, ota_build.core.version  # noqa: F401
     except Exception:
-        sys.modules.pop("ota_build", None)
+        for name in [m for m in sys.modules if m == "ota_build" or m.startswith("ota_build.")]:
+            sys.modules.pop(name, None)
         return None
+    finally:
+        sys.dont_write_bytecode = dont_write
     return module
+
+def ota_source_uris(d, parts=""):
+    """SRC_URI entries for the ota_build package next to the layer, one file:// per source
+    file: the fetcher checksums what SRC_URI names, and a directory entry would include
+    the __pycache__ that running the tests (or Python) leaves in the repository.
+    ``parts``: only these sub-packages (with the package's __init__.py); all when empty.
+    The directories are parse dependencies, so an added or removed file re-parses."""
+    import os
+    top = os.path.join(d.getVar("OTA_SOURCE_DIR"), "ota_build")
+    wanted = parts.split()
+    uris = []
+    for root, dirs, files in os.walk(top):
+        rel = os.path.relpath(root, top)
+        dirs[:] = sorted(x for x in dirs if x != "__pycache__" and (rel != "." or not wanted or x in wanted))
+        bb.parse.mark_dependency(d, root)
+        for name in sorted(files):
+            if name.endswith((".pyc", ".pyo")) or name.startswith("."):
+                continue
+            if rel == "." and wanted and name != "__init__.py":
+                continue
+            uris.append("file://" + os.path.normpath(os.path.join("ota_build", rel, name)))
+    return " ".join(uris)
 
 def ota_check_settings(d):
     """Check the settings at parse time; return the loaded config (or None).
@@ -87,7 +132,13 @@ def ota_check_settings(d):
     cfg, problem = ota_settings_problem(d)
     if problem:
         bb.fatal(problem)
+    for name in d.getVar("OTA_PASSTHROUGH_SECRETS").split():
+        if d.getVar(name):
+            bb.warn("%s is a BitBake variable (set in a conf file or passed with BB_ENV_PASSTHROUGH_ADDITIONS): "
+                    "BitBake writes every variable into ${TMPDIR}/log/eventlog. Export it in the environment "
+                    "only; the OTA tasks read it from there." % name)
     return cfg
+ota_check_settings[vardepsexclude] = "${OTA_PASSTHROUGH_SECRETS}"
 
 def ota_settings_problem(d):
     """(config, None) when the settings are usable, else (None, one-line message)."""
@@ -109,7 +160,9 @@ def ota_settings_problem(d):
     config = d.getVar("OTA_CONFIG")
     if not os.path.isfile(config):
         return None, "OTA_CONFIG: %s: configuration file not found" % config
-    bb.parse.mark_dependency(d, config)
+    for var in d.getVar("OTA_CHECKSUM_FILE_VARS").split():
+        if d.getVar(var):
+            bb.parse.mark_dependency(d, d.getVar(var))
     if ota_library(d) is None:
         return None, None
     from ota_build.core.config import load_config

@@ -87,7 +87,7 @@ python do_ota_package() {
 do_ota_package[dirs] = "${OTA_DEPLOYDIR}"
 do_ota_package[cleandirs] = "${OTA_DEPLOYDIR}"
 do_ota_package[depends] += "${OTA_NATIVE_DEPENDS} ota-record:do_populate_sysroot"
-do_ota_package[file-checksums] += "${OTA_SIGNING_KEY_FILE}:False"
+do_ota_package[file-checksums] += "${OTA_KEY_CHECKSUMS}"
 do_ota_package[vardeps] += "OTA_PAYLOAD_FSTYPE OTA_TYPE OTA_IMAGE_FILE OTA_DEVICE_KEY_PATH"
 do_ota_package[vardepsexclude] += "${OTA_PATH_VARS} ${OTA_SECRET_ENV_VARS} BB_ORIGENV DATETIME"
 # Deployed like images (removed again when the task re-runs or is cleaned),
@@ -126,6 +126,6 @@ do_ota_upload[doc] = "Uploads the OTA image and its record to the OTA service (O
 do_ota_upload[dirs] = "${OTA_UPLOADDIR}"
 do_ota_upload[cleandirs] = "${OTA_UPLOADDIR}"
 do_ota_upload[depends] += "${OTA_NATIVE_DEPENDS}"
-do_ota_upload[file-checksums] += "${OTA_CONFIG}:False"
+do_ota_upload[file-checksums] += "${OTA_CONFIG_CHECKSUMS}"
 do_ota_upload[vardeps] += "OTA_BUILD_NUMBER OTA_DEBUG OTA_IMAGE_FILE"
 do_ota_upload[vardepsexclude] += "${OTA_PATH_VARS} ${OTA_SECRET_ENV_VARS} BB_ORIGENV"

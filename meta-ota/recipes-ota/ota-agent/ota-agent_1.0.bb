@@ -10,7 +10,7 @@ LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda
 
 # The library lives next to the layer: <repo>/ota_build.
 FILESEXTRAPATHS:prepend := "${OTA_SOURCE_DIR}:${THISDIR}/files:"
-SRC_URI = "file://ota_build/ \
+SRC_URI = "${@ota_source_uris(d, d.getVar('OTA_DEVICE_PARTS'))} \
            file://ota-agent.service \
            file://ota-agent.init \
 "
@@ -52,7 +52,7 @@ do_compile[vardeps] += "OTA_AGENT_SERVER OTA_AGENT_DEVICE_TYPE OTA_AGENT_SLOTS O
                         OTA_AGENT_BOOT_VALUES OTA_AGENT_COMMAND OTA_AGENT_POLL_INTERVAL OTA_AGENT_LOCAL_PORT \
                         OTA_AGENT_DESCRIPTION OTA_TYPE OTA_DEVICE_KEY_PATH"
 do_compile[vardepsexclude] += "${OTA_PATH_VARS} ${OTA_SECRET_ENV_VARS} BB_ORIGENV"
-do_compile[file-checksums] += "${OTA_CONFIG}:False"
+do_compile[file-checksums] += "${OTA_CONFIG_CHECKSUMS}"
 
 do_install() {
     install -d ${D}${PYTHON_SITEPACKAGES_DIR} ${D}${bindir} ${D}${sysconfdir}/ota ${D}${localstatedir}/lib/ota-agent

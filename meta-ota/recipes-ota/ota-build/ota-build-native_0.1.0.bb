@@ -10,13 +10,14 @@ LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda
 
 # The library lives next to the layer: <repo>/ota_build.
 FILESEXTRAPATHS:prepend := "${OTA_SOURCE_DIR}:"
-SRC_URI = "file://ota_build/"
+# One file:// per source file, without __pycache__ (see ota_source_uris in ota-common.bbclass).
+SRC_URI = "${@ota_source_uris(d)}"
 
 S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}/ota_build"
 
 INHIBIT_DEFAULT_DEPS = "1"
 
-inherit native
+inherit ota-common native
 
 do_configure[noexec] = "1"
 do_compile[noexec] = "1"

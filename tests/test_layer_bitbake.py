@@ -1,0 +1,350 @@
+"""meta-ota built by real BitBake, offline, on the Yocto release trees (tests/yocto.py).
+
+One real image build per release (module fixture ``build``), then incremental rebuilds.
+The image is tests/bitbake/meta-ota-test's ota-test-image: a real core-image whose rootfs
+holds only our packages, made by Debian's dpkg/apt under Debian's pseudo (see that layer's
+conf/ota-test-build.conf). About a minute per release on 2 cores once the tree is unpacked.
+
+    OTA_BITBAKE_RELEASES   releases to build (default "kirkstone scarthgap wrynose"; "" skips all)
+    OTA_BITBAKE_BUILD_DIR  parent of the build directories (default /tmp/ota-bitbake-<user>);
+                           kept between runs, so a second run is incremental
+    OTA_YOCTO_SHARED, OTA_YOCTO_TREES, OTA_BITBAKE_USER: see tests/yocto.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import re
+import shlex
+import shutil
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+from ota_build.core.package import verify_file
+from ota_build.core.signing import Keyring, generate_key
+
+from .yocto import LAYER, ROOT, bitbake_user, readable_by, release_tree
+
+TEST_LAYER = ROOT / "tests" / "bitbake" / "meta-ota-test"
+RELEASES = os.environ.get("OTA_BITBAKE_RELEASES", "kirkstone scarthgap wrynose").split()
+IMAGE = "ota-test-image"
+# Test secrets: each must never be written anywhere under TMPDIR, the sstate cache or the parse cache.
+SECRETS = {
+    "OTA_KEY_PASSWORD": "pw-5f1c0e9a-key-password",
+    "OTA_USERNAME": "user-2b7d41c3@example.com",
+    "OTA_USERPW": "userpw-9e84d0f2-secret",
+    "OTA_AUTH_STRING": "auth-71c2ae5b-secret-string",
+}
+
+pytestmark = [pytest.mark.bitbake, pytest.mark.skipif(not shutil.which("openssl"), reason="needs openssl")]
+
+LOCAL_CONF = """\
+require {layer}/conf/ota-test-build.conf
+TMPDIR = "${{TOPDIR}}/tmp"
+include ${{TOPDIR}}/conf/ota-settings.conf
+"""
+
+
+@dataclass
+class Run:
+    returncode: int
+    output: str
+    seconds: float
+    tasks: List[str] = field(default_factory=list)          # "recipe:task" that ran
+
+    @property
+    def summary(self) -> Optional[re.Match]:
+        return re.search(r"Tasks Summary: Attempted (\d+) tasks of which (\d+) didn't need to be rerun", self.output)
+
+
+@dataclass
+class Build:
+    release: str
+    tree: Path
+    dir: Path
+    user: Optional[str]
+    key: Path
+    config: Path
+    timings: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tmpdir(self) -> Path:
+        return self.dir / "tmp"
+
+    @property
+    def deploy(self) -> Path:
+        return self.tmpdir / "deploy" / "images" / "qemux86-64"
+
+    def own(self, *paths: Path):
+        if self.user:
+            for path in paths:
+                shutil.chown(path, self.user, self.user)
+
+    def settings(self, inherit: bool = True, **values: str):
+        """Write conf/ota-settings.conf (included by local.conf)."""
+        values = {"OTA_SIGNING_KEY": str(self.key), "OTA_CONFIG": str(self.config), **values}
+        path = self.dir / "conf" / "ota-settings.conf"
+        path.write_text(('INHERIT += "ota"\n' if inherit else "")
+                        + "".join(f'{name} = "{value}"\n' for name, value in values.items()))
+        self.own(path)
+
+    def bitbake(self, command: str, timeout: int = 3600, env: Optional[Dict[str, str]] = None) -> Run:
+        home = pwd.getpwnam(self.user).pw_dir if self.user else os.environ.get("HOME", "/tmp")
+        script = (f"export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "
+                  f"LANG=en_US.UTF-8 LC_ALL=en_US.UTF-8 HOME={shlex.quote(home)}; "
+                  "unset PYTHONPATH VIRTUAL_ENV PYENV_VERSION PYTHONDONTWRITEBYTECODE; "
+                  f"cd {shlex.quote(str(self.tree))} && . ./oe-init-build-env {shlex.quote(str(self.dir))} >/dev/null && "
+                  + command)
+        argv = ["su", self.user, "-s", "/bin/bash", "-c", script] if self.user else ["bash", "-c", script]
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTA_", "BB_"))}
+        # As documented: secrets in BitBake's environment only (read from BB_ORIGENV at task
+        # time), not in BB_ENV_PASSTHROUGH_ADDITIONS, which would make them datastore variables.
+        full_env.update(SECRETS)
+        full_env.update(env or {})
+        start = time.monotonic()
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, env=full_env)
+        output = proc.stdout + proc.stderr
+        tasks = re.findall(r"NOTE: recipe ([\w.+-]+?)-[^-\s]+-r\d+: task (do_\w+): Started", output)
+        return Run(proc.returncode, output, time.monotonic() - start, [f"{r}:{t}" for r, t in tasks])
+
+    def build(self, label: str) -> Run:
+        run = self.bitbake(f"bitbake {IMAGE}")
+        self.timings[label] = run.seconds
+        assert run.returncode == 0, run.output[-5000:]
+        return run
+
+    # --- what the build made --------------------------------------------------
+    @property
+    def rootfs_tar(self) -> Path:
+        """The deployed rootfs (IMAGE_LINK_NAME: "<image>-<machine>.rootfs" from scarthgap on, without ".rootfs" before)."""
+        for name in (f"{IMAGE}-qemux86-64.rootfs.tar.gz", f"{IMAGE}-qemux86-64.tar.gz"):
+            if (self.deploy / name).exists():
+                return self.deploy / name
+        raise AssertionError(f"no rootfs tar.gz in {self.deploy}")
+
+    def rootfs_file(self, name: str) -> bytes:
+        with tarfile.open(self.rootfs_tar) as tar:
+            member = tar.extractfile("./" + name)
+            assert member is not None, name
+            return member.read()
+
+    def deployed(self, name: str) -> Path:
+        return self.deploy / name
+
+
+def problems(run: Run) -> List[str]:
+    return [line for line in run.output.splitlines() if line.startswith(("WARNING", "ERROR"))]
+
+
+def make_key(path: Path, password: str):
+    """An Ed25519 key pair, the private key encrypted with ``password`` (as a release key would be)."""
+    plain = path.with_suffix(".plain")
+    generate_key("ed25519", str(plain), str(path.with_suffix(".pub")), backend="openssl", overwrite=True)
+    subprocess.run(["openssl", "pkey", "-in", str(plain), "-out", str(path), "-aes256", "-passout", "env:PW"],
+                   check=True, env={**os.environ, "PW": password})
+    plain.unlink()
+
+
+@pytest.fixture(scope="module", params=RELEASES)
+def build(request, tmp_path_factory) -> Build:
+    release = request.param
+    user = bitbake_user()
+    tree = release_tree(release, owner=user)
+    for path in (LAYER / "conf" / "layer.conf", TEST_LAYER / "conf" / "layer.conf", ROOT / "ota_build" / "__init__.py"):
+        if not readable_by(user, path):
+            pytest.skip(f"user {user} cannot read {path} (clone the repository somewhere it can)")
+    base = Path(os.environ.get("OTA_BITBAKE_BUILD_DIR") or f"/tmp/ota-bitbake-{user or os.getuid()}")
+    tag = hashlib.sha1(str(ROOT).encode()).hexdigest()[:8]
+    build_dir = base / f"{release}-{tag}"
+    (build_dir / "conf").mkdir(parents=True, exist_ok=True)
+    (build_dir / "keys").mkdir(exist_ok=True)
+    b = Build(release, tree, build_dir, user, build_dir / "keys" / "release.key.pem", build_dir / "keys" / "ota-conf.json")
+    make_key(b.key, SECRETS["OTA_KEY_PASSWORD"])
+    shutil.copyfile(LAYER / "files" / "partner-ota-conf.json", b.config)
+    (build_dir / "conf" / "bblayers.conf").write_text(
+        'BBPATH = "${TOPDIR}"\nBBFILES ?= ""\n'
+        f'BBLAYERS = "{tree}/meta {LAYER} {TEST_LAYER}"\n')
+    local = LOCAL_CONF.format(layer=TEST_LAYER)
+    if release in ("kirkstone", "scarthgap"):
+        local += 'TCLIBCAPPEND = ""\n'                  # TMPDIR without "-glibc" (the variable is gone in wrynose)
+    (build_dir / "conf" / "local.conf").write_text(local)
+    template = tree / "meta" / "conf" / "templates" / "default"                   # kirkstone: meta/conf
+    (build_dir / "conf" / "templateconf.cfg").write_text(f"{template if template.is_dir() else tree / 'meta' / 'conf'}\n")
+    b.settings()
+    if user:
+        subprocess.run(["chown", "-R", f"{user}:{user}", str(build_dir)], check=True)
+        build_dir.parent.chmod(0o755)
+    run = b.build("first build")
+    assert not problems(run), problems(run)
+    yield b
+    print(f"\n{release}: " + ", ".join(f"{k} {v:.0f} s" for k, v in b.timings.items()))
+
+
+def check_release(b: Build, public_pem: bytes):
+    """The deployed hub_update.bin verifies with the key in the rootfs, which is ``public_pem``;
+    the payload is the deployed rootfs; the deployed record is the rootfs's record."""
+    installed = b.rootfs_file("etc/ota/ota-signing.pub.pem")
+    assert installed.strip() == public_pem.strip()
+    keyfile = b.dir / "keys" / "from-rootfs.pub.pem"
+    keyfile.write_bytes(installed)
+    payload = b.dir / "keys" / "payload.tar.gz"
+    result = verify_file(str(b.deployed("hub_update.bin")), Keyring.from_files([str(keyfile)]), expected_type=5,
+                         extract_to=str(payload))
+    assert payload.read_bytes() == b.rootfs_tar.read_bytes()
+    record = json.loads(b.rootfs_file("etc/full_ota_record.json"))
+    assert json.loads(b.deployed("full_ota_record.json").read_bytes()) == record
+    return result, record
+
+
+def test_release_verifies_with_the_key_in_the_rootfs(build):
+    result, record = check_release(build, build.key.with_suffix(".pub").read_bytes())
+    config = json.loads(build.config.read_text())
+    assert record["name"] == config["name"] and record["type"] == 5
+    assert result.header.version_number == int(record["versionNumber"])
+
+
+def test_parse_without_warnings_with_and_without_inherit(build):
+    """The layer parses without a warning: added alone (no recipe changes) and with INHERIT += "ota"."""
+    try:
+        for inherit in (False, True):
+            build.settings(inherit=inherit)
+            for cache in (build.tmpdir / "cache").rglob("bb_cache.dat*"):
+                cache.unlink()                                 # a real parse, with its warnings
+            run = build.bitbake("bitbake -p")
+            assert run.returncode == 0 and not problems(run), run.output[-3000:]
+            assert re.search(r"Parsing of \d+ \.bb files complete.* 0 errors", run.output), run.output[-3000:]
+            env = build.bitbake(f"bitbake -e {IMAGE}")
+            assert env.returncode == 0, env.output[-3000:]
+            assert ("ota-image" in re.search(r'^IMAGE_CLASSES="(.*)"', env.output, re.M).group(1).split()) == inherit
+    finally:
+        build.settings()
+
+
+def test_rebuild_with_nothing_changed_runs_no_task(build):
+    run = build.build("no-op rebuild")
+    attempted, not_rerun = run.summary.groups()
+    assert attempted == not_rerun and not run.tasks, run.tasks
+
+
+def test_new_key_re_signs(build):
+    """Regression (issue 10, defect 1): the key file replaced in place (same path, so only
+    its content, through [file-checksums], can re-run the tasks)."""
+    old = build.key.read_bytes(), build.key.with_suffix(".pub").read_bytes()
+    make_key(build.key, SECRETS["OTA_KEY_PASSWORD"])
+    build.own(build.key, build.key.with_suffix(".pub"))
+    try:
+        run = build.build("new key")
+        assert "ota-record:do_compile" in run.tasks and f"{IMAGE}:do_ota_package" in run.tasks, run.tasks
+        check_release(build, build.key.with_suffix(".pub").read_bytes())
+        assert build.key.with_suffix(".pub").read_bytes() != old[1]
+    finally:
+        build.key.write_bytes(old[0])
+        build.key.with_suffix(".pub").write_bytes(old[1])
+    build.build("old key again")
+    check_release(build, old[1])
+
+
+def test_config_edit_reaches_the_record(build):
+    original = build.config.read_text()
+    config = json.loads(original)
+    config["description"] = "edited by test_config_edit_reaches_the_record"
+    build.config.write_text(json.dumps(config, indent=4))
+    try:
+        run = build.build("config edit")
+        assert "ota-record:do_compile" in run.tasks, run.tasks
+        _, record = check_release(build, build.key.with_suffix(".pub").read_bytes())
+        assert record["description"] == config["description"]
+    finally:
+        build.config.write_text(original)
+    build.build("config restored")
+    _, record = check_release(build, build.key.with_suffix(".pub").read_bytes())
+    assert record["description"] == json.loads(original)["description"]
+
+
+def test_build_number_from_the_environment_and_debug_reach_record_and_header(build):
+    """Jenkins' BUILD_NUMBER (passed through, as the README says) and OTA_DEBUG = "1"."""
+    config = json.loads(build.config.read_text())
+    try:
+        build.settings(OTA_DEBUG="1")
+        run = build.bitbake(f"bitbake {IMAGE}", env={"BUILD_NUMBER": "42", "BB_ENV_PASSTHROUGH_ADDITIONS": "BUILD_NUMBER"})
+        build.timings["build number + debug"] = run.seconds
+        assert run.returncode == 0, run.output[-5000:]
+        assert "ota-record:do_compile" in run.tasks, run.tasks
+        result, record = check_release(build, build.key.with_suffix(".pub").read_bytes())
+        assert record["version"] == f"{config['version']}.42d", record["version"]
+        assert result.header.version_number == int(record["versionNumber"])
+    finally:
+        build.settings()
+    build.build("build number and debug off")
+    _, record = check_release(build, build.key.with_suffix(".pub").read_bytes())
+    assert record["version"] == f"{config['version']}.0"
+
+
+def tar_members(path: Path) -> list:
+    """(name, mode, uid, gid, mtime, content) of every member, without the pax atime/ctime."""
+    with tarfile.open(path) as tar:
+        return [(m.name, m.mode, m.uid, m.gid, m.mtime, tar.extractfile(m).read() if m.isfile() else m.linkname)
+                for m in tar.getmembers()]
+
+
+def test_clean_removes_the_release_and_a_rebuild_makes_the_same(build):
+    """``bitbake -c clean`` removes what do_ota_package deployed (sstate-managed); the rebuild
+    makes the same release: byte for byte where oe-core's image is reproducible (wrynose);
+    before that, IMAGE_CMD:tar (kirkstone, scarthgap) writes the files' atime/ctime into pax
+    headers, so only the tar's members and the record are the same."""
+    before = {name: build.deployed(name).read_bytes() for name in ("hub_update.bin", "full_ota_record.json")}
+    members = tar_members(build.rootfs_tar)
+    run = build.bitbake(f"bitbake -c clean {IMAGE}")
+    assert run.returncode == 0, run.output[-3000:]
+    assert not build.deployed("hub_update.bin").exists() and not build.deployed("hub_update.bin").is_symlink()
+    assert not list(build.deploy.glob(f"{IMAGE}-qemux86-64*.hub_update.bin"))
+    build.build("rebuild after clean")
+    check_release(build, build.key.with_suffix(".pub").read_bytes())
+    assert build.deployed("full_ota_record.json").read_bytes() == before["full_ota_record.json"]
+    assert tar_members(build.rootfs_tar) == members
+    if build.release not in ("kirkstone", "scarthgap"):
+        assert build.deployed("hub_update.bin").read_bytes() == before["hub_update.bin"]
+
+
+def test_two_images_share_the_stable_links(build):
+    """A second image: each keeps its own versioned release and <IMAGE_LINK_NAME> links; the
+    stable names (hub_update.bin, the record, the key) all point at the last image packaged."""
+    assert build.bitbake(f"bitbake -c clean {IMAGE}-b").returncode == 0      # no state from an earlier run
+    run = build.bitbake(f"bitbake {IMAGE}-b")
+    build.timings["second image"] = run.seconds
+    assert run.returncode == 0 and not problems(run), run.output[-5000:]
+    for image in (IMAGE, f"{IMAGE}-b"):
+        links = sorted(build.deploy.glob(f"{image}-qemux86-64*.hub_update.bin"))
+        links = [p for p in links if p.is_symlink()]
+        assert len(links) == 1, links
+        verify_file(str(links[0]), Keyring.from_files([str(build.key.with_suffix(".pub"))]), expected_type=5)
+    stable = {name: os.readlink(build.deployed(name)) for name in ("hub_update.bin", "full_ota_record.json",
+                                                                   "ota-signing.pub.pem")}
+    assert all(target.startswith(f"{IMAGE}-b-qemux86-64") for target in stable.values()), stable
+    assert build.bitbake(f"bitbake {IMAGE}").tasks == []                    # the first image is up to date
+    assert build.bitbake(f"bitbake -c clean {IMAGE}-b").returncode == 0      # the next run starts without it
+
+
+def test_no_secret_under_tmpdir_sstate_or_cache(build):
+    """The key password (needed: the key is encrypted) and the upload credentials were in
+    BitBake's environment for every build; none may be written out."""
+    needles = {name: value.encode() for name, value in SECRETS.items()}
+    found = []
+    for top in (build.tmpdir, build.dir / "sstate-cache", build.dir / "cache"):
+        for dirpath, _, files in os.walk(top):
+            for name in files:
+                path = Path(dirpath) / name
+                if path.is_symlink() or not path.is_file():
+                    continue
+                data = path.read_bytes()
+                found += [f"{secret} in {path}" for secret, value in needles.items() if value in data]
+    assert not found, "\n".join(found[:20])
