@@ -641,11 +641,14 @@ def store_package(s: Session, storage: Storage, content_text: str, upload: IO[by
         raise ServiceError(Kind.INVALID, str(exc)) from None
     sha_claimed = str(content["sha256"]).lower()
     forbidden = ServiceError(Kind.FORBIDDEN, f"Forbidden: package '{pkg}' belongs to another partner")
+    # What exists is read before the owner: a name's claim is committed before any of its versions
+    # appears, so a version seen here is never mistaken for a conflict of a name another partner owns.
+    row = s.scalar(select(Package).where(Package.name == pkg, Package.branch == branch, Package.version == version))
+    file_exists = final.exists()
     if _owned_by_other(s, pkg, partner_pk):
         raise forbidden
-    row = s.scalar(select(Package).where(Package.name == pkg, Package.branch == branch, Package.version == version))
     s.rollback()  # end the read transaction: receiving the file may take long
-    if final.exists() and not overwrite:
+    if file_exists and not overwrite:
         raise _conflict("File exists", TIP=_EXISTS_TIP)
     if row is not None and not overwrite:
         raise _conflict("Version exists", TIP=_EXISTS_TIP)
