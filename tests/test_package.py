@@ -251,3 +251,31 @@ def test_check_integrity_without_a_key(keys, image, tmp_path):
     out.write_bytes(bytes(data[:-5]))
     with pytest.raises(TruncatedError):
         check_integrity(str(out))
+
+
+def test_kernel_copy_hashes_exactly_what_it_wrote(tmp_path):
+    """package's copy_file_range path: the output holds the image at the offset, the digest is the image's,
+    and what cannot be copied by the kernel (a pipe) falls back to the buffered copy with the same result."""
+    import hashlib
+    import os
+
+    from ota_build.core import package as P
+
+    data = os.urandom(3 * P.RANGE_STEP + 12345)  # several steps of the copier, and a partial last one
+    image = tmp_path / "image"
+    image.write_bytes(data)
+    with open(image, "rb") as src, open(tmp_path / "out", "wb+") as dst:
+        dst.write(b"H" * 100)
+        got = P._copy_range_hashing(src, dst, 100, None)
+    if got is None:
+        pytest.skip("copy_file_range is not available here")
+    assert got == (hashlib.sha256(data).digest(), len(data))
+    assert (tmp_path / "out").read_bytes() == b"H" * 100 + data
+    read, write = os.pipe()
+    with open(read, "rb") as pipe_src, open(tmp_path / "out2", "wb") as dst:
+        assert P._copy_range_hashing(pipe_src, dst, 0, None) is None  # not a regular file: the caller copies
+    with open(tmp_path / "empty", "wb"):
+        pass
+    with open(tmp_path / "empty", "rb") as src, open(tmp_path / "out3", "wb+") as dst:
+        assert P._copy_range_hashing(src, dst, 0, None) == (hashlib.sha256(b"").digest(), 0)
+    os.close(write)

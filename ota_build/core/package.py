@@ -124,6 +124,84 @@ def _copy_hashing(src: IO[bytes], dst: Optional[IO[bytes]], limit: Optional[int]
     return digest.digest(), total
 
 
+RANGE_STEP = 8 << 20
+
+
+def _copy_range_hashing(src: IO[bytes], dst: IO[bytes], offset: int, progress: Progress) -> "Optional[tuple[bytes, int]]":
+    """Copy all of ``src`` to ``dst`` at ``offset`` in the kernel (``copy_file_range``) while this thread
+    hashes the bytes as written, read back from ``dst`` (page cache) behind the copy: the digest is
+    that of exactly what was shipped, the data never passes through Python's buffers on its way out,
+    and hashing overlaps the copy. None (nothing written) when the kernel cannot copy between these
+    files (not regular files, another file system without support): the caller then copies itself."""
+    copy_range = getattr(os, "copy_file_range", None)
+    if copy_range is None:
+        return None
+    try:
+        import stat
+
+        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+            return None
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+    dst.flush()
+    src_fd, dst_fd = src.fileno(), dst.fileno()
+    start = src.tell()
+    try:  # the first step in this thread: an unsupported pair fails here, before any thread exists
+        first = copy_range(src_fd, dst_fd, RANGE_STEP, start, offset)
+    except OSError:
+        return None
+    done = [first]  # bytes copied so far (the copier's progress), then the end marker
+    finished = threading.Event() if first else None
+    failure: "list[BaseException]" = []
+    cond = threading.Condition()
+
+    def copier() -> None:
+        copied = first
+        try:
+            while True:
+                n = copy_range(src_fd, dst_fd, RANGE_STEP, start + copied, offset + copied)
+                if not n:
+                    break
+                copied += n
+                with cond:
+                    done[0] = copied
+                    cond.notify()
+        except BaseException as exc:  # noqa: B036 - handed to the hashing thread
+            failure.append(exc)
+        finally:
+            with cond:
+                done.append(-1)
+                cond.notify()
+
+    worker = threading.Thread(target=copier, daemon=True) if finished is not None else None
+    if worker is not None:
+        worker.start()
+    digest = hashlib.sha256()
+    buf = memoryview(bytearray(CHUNK))
+    hashed = 0
+    while True:
+        with cond:
+            while done[0] <= hashed and len(done) == 1 and worker is not None:
+                cond.wait()
+            available, ended = done[0], len(done) > 1 or worker is None
+        while hashed < available:
+            n = os.preadv(dst_fd, [buf[:min(CHUNK, available - hashed)]], offset + hashed)
+            if not n:
+                raise OSError(f"{dst.name}: short read while hashing the copy")
+            digest.update(buf[:n])
+            hashed += n
+            if progress:
+                progress(n)
+        if ended and hashed >= done[0]:
+            break
+    if worker is not None:
+        worker.join()
+    if failure:
+        raise failure[0]
+    src.seek(start + hashed)
+    return digest.digest(), hashed
+
+
 def _open_input(path: str, what: str) -> io.BufferedReader:
     """Open ``path`` for reading; UsageError naming it when that fails."""
     try:
@@ -167,7 +245,8 @@ def package_image(image_path: str, output_path: str, signer: Signer, ota_type: i
     length = hdr.header_length_for(len(record_bytes or b""), signer.max_signature_length)
     with src, atomic_open(output_path, durable=durable) as out:
         out.seek(length)
-        digest, size = _copy_hashing(src, out, None, progress, durable)
+        copied = None if durable else _copy_range_hashing(src, out, length, progress)
+        digest, size = copied if copied is not None else _copy_hashing(src, out, None, progress, durable)
         if size == 0:  # raised inside the with: the temporary output is removed, output_path is untouched
             raise UsageError(f"{image_path}: the image is empty (0 bytes): nothing to package")
         unsigned = hdr.Header(
