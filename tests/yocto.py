@@ -1,7 +1,7 @@
 """The Yocto release trees the layer's tests run real BitBake from.
 
 The trees are unmodified release tarballs beside a ``checkout`` script that unpacks one
-(``../shared/yocto/`` relative to the repository, or OTA_YOCTO_SHARED). Unpacked once per
+(``../shared/yocto/`` next to the repository or next to the one it was cloned from, or OTA_YOCTO_SHARED). Unpacked once per
 machine into OTA_YOCTO_TREES (default /tmp/ota-yocto/<release>). BitBake refuses to run as
 root: as root, BitBake runs as OTA_BITBAKE_USER (default "otabuild", created by .ci/run).
 """
@@ -28,8 +28,22 @@ def shared_dir() -> Path:
     env = os.environ.get("OTA_YOCTO_SHARED")
     if env:
         return Path(env)
-    # a git worktree or clone next to shared/: <work>/<checkout>/ and <work>/shared/yocto/
-    return ROOT.parent / "shared" / "yocto"
+    # a checkout next to shared/ (<work>/<checkout>/ and <work>/shared/yocto/), or a clone of such a
+    # checkout made elsewhere (CI's fresh clone in a temporary directory): next to its origin
+    candidates = [ROOT.parent / "shared" / "yocto"]
+    try:
+        origin = subprocess.run(["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        origin = ""
+    if origin.startswith("file://"):
+        origin = origin[len("file://"):]
+    if origin.startswith("/"):
+        candidates.append(Path(origin).resolve().parent / "shared" / "yocto")
+    for candidate in candidates:
+        if (candidate / "checkout").exists():
+            return candidate
+    return candidates[0]
 
 
 def bitbake_user() -> Optional[str]:
