@@ -22,6 +22,7 @@ import urllib.request
 from typing import List
 
 from ota_build.core.errors import OtaError
+from ota_build.core.files import ensure_dir
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _run(cmd: List[str], secret: str = "") -> str:
 
 def run_coap_demo(workdir: str) -> int:
     """Run the demo in ``workdir``; 0 when the device installed the update."""
-    os.makedirs(workdir, exist_ok=True)
+    ensure_dir(workdir, "--workdir")
     wd = os.path.abspath(workdir)
     ob, agent = _tool("ota-build"), _tool("ota-agent")
     print("== seed 002: SUIT manifest, CoAP publish and notify, a CoAP device ==")

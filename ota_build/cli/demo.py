@@ -27,6 +27,7 @@ from ota_build.core.errors import OtaError
 from ota_build.core.files import atomic_write_text
 from ota_build.core.record import new_record, write_record
 from ota_build.cli.sample import make_sample_rootfs
+from ota_build.core.files import ensure_dir
 
 SAMPLE_CONFIG = {
     "Comments": "Sample configuration written by 'ota-build demo' (secrets are in credentials.json)",
@@ -166,7 +167,7 @@ class Demo:
 
     # ------------------------------------------------------------------ the journey
     def journey(self) -> int:
-        os.makedirs(self.workdir, exist_ok=True)
+        ensure_dir(self.workdir, "--workdir")
         files = self.build_side()
         url = self.start_server()
         try:
@@ -259,7 +260,7 @@ class Demo:
         self.run("ota-build", "packager-verify", "model.zip", "-k", "packager.pub.pem", "-x", "extracted", cwd=work)
 
     def offline(self) -> int:
-        os.makedirs(self.workdir, exist_ok=True)
+        ensure_dir(self.workdir, "--workdir")
         files = self.build_side()
         atomic_write_text(files["conf"], json.dumps(dict(SAMPLE_CONFIG, partnerId="demo"), indent=4) + "\n")
         self.step("create the OTA record offline (id and versionNumber derived locally)")

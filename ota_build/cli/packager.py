@@ -16,6 +16,7 @@ from ota_build.core import packager
 from ota_build.core.cliutil import EXIT_CODES_HELP, add_backend_option
 from ota_build.core.errors import UsageError
 from ota_build.core.signing import Keyring, make_signer
+from ota_build.core.files import ensure_dir
 
 
 def cmd_packager_pack(args: argparse.Namespace) -> int:
@@ -41,7 +42,7 @@ def cmd_packager_verify(args: argparse.Namespace) -> int:
     if not len(keyring):
         raise UsageError("no trusted public key found in --key")
     if args.extract:
-        os.makedirs(args.extract, exist_ok=True)
+        ensure_dir(args.extract, "--extract")
         manifest = packager.extract(args.file, args.extract, keyring)
     else:
         manifest = packager.verify_package(args.file, keyring, backend=args.backend)

@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator, Union
 
+from ota_build.core.errors import UsageError
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: read size of ``file_sha256`` (large reads: fewer system calls, hashlib releases the GIL per call)
@@ -118,6 +120,14 @@ def atomic_write_bytes(path: PathLike, data: bytes, mode: int = 0o644, durable: 
 def atomic_write_text(path: PathLike, text: str, mode: int = 0o644, durable: bool = False) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically (and durably with ``durable``)."""
     atomic_write_bytes(path, text.encode("utf-8"), mode, durable)
+
+
+def ensure_dir(path: PathLike, what: str) -> None:
+    """Create directory ``path`` (and its parents); UsageError naming ``what`` when that is impossible."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot create directory {path}: {exc.strerror}") from None
 
 
 def sha256_of(fh: IO[bytes], limit: "int | None" = None) -> "tuple[bytes, int]":

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any, Dict, List, Mapping, Union
 
 from ota_build.core.errors import CorruptError, TruncatedError, UsageError
-from ota_build.core.files import PathLike, atomic_open
+from ota_build.core.files import PathLike, atomic_open, sha256_of
 from ota_build.core.header import SigAlg
 from ota_build.core.signing import sign_message
 
@@ -156,17 +156,11 @@ def _open_source(src: Source) -> "tuple[IO[bytes], bool]":
 
 
 def _hash_and_size(fh: IO[bytes]) -> "tuple[str, int]":
+    """SHA-256 (hex) and size of ``fh`` from where it stands to its end; the position is kept."""
     start = fh.tell()
-    digest = hashlib.sha256()
-    size = 0
-    while True:
-        chunk = fh.read(_CHUNK)
-        if not chunk:
-            break
-        digest.update(chunk)
-        size += len(chunk)
+    digest, size = sha256_of(fh)
     fh.seek(start)
-    return digest.hexdigest(), size
+    return digest.hex(), size
 
 
 def pack(inputs: Mapping[str, Source], out: IO[bytes], signer: Any, options: PackOptions = PackOptions()) -> PackResult:
@@ -252,13 +246,18 @@ def pack_file(inputs: Mapping[str, Source], output: PathLike, signer: Any, optio
             return pack(inputs, tmp, signer, options)
 
 
+def _name_of(src: Source) -> str:
+    """How an error names a package: its path, or the open file's name."""
+    return str(getattr(src, "name", src)) if hasattr(src, "read") else str(src)
+
+
 def read_manifest(path: Source) -> "tuple[Dict[str, Any], bytes, bytes]":
     """(manifest, its bytes, signature bytes) of a package; CorruptError when it is not one."""
     try:
         with zipfile.ZipFile(path) as zf:  # type: ignore[arg-type]
             return _manifest_of(zf)
     except zipfile.BadZipFile as exc:
-        raise CorruptError(f"not a package zip: {exc}") from None
+        raise CorruptError(f"{_name_of(path)}: not a package zip: {exc}") from None
 
 
 def _manifest_of(zf: zipfile.ZipFile) -> "tuple[Dict[str, Any], bytes, bytes]":
@@ -319,7 +318,7 @@ def verify_package(path: Source, keyring: Any, backend: str = "auto") -> Dict[st
             for name in sorted(listed):
                 _check_entry(zf, name, listed[name])
     except zipfile.BadZipFile as exc:
-        raise CorruptError(f"not a package zip: {exc}") from None
+        raise CorruptError(f"{_name_of(path)}: not a package zip: {exc}") from None
     return manifest
 
 
