@@ -119,3 +119,22 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *needles
     assert len(lines) == 1, proc.stderr
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture
+def env(tmp_path: Path):  # noqa: ANN201
+    """(database, storage, partner_pk) of a fresh data directory with one partner: the service-layer tests
+    (tests/test_server_services.py, tests/test_server_hardening_services.py) run on it without HTTP."""
+    import sqlalchemy as sa
+
+    from ota_build.server import admin
+    from ota_build.server.db import open_database
+    from ota_build.server.storage import Storage
+
+    db = open_database(str(tmp_path / "data"))
+    storage = Storage(str(tmp_path / "data"), max_upload_bytes=10_000_000)
+    admin.create_partner(db, "p1@example.com", partner_id="p1")
+    with db.session() as s:
+        pk = s.scalar(sa.text("SELECT id FROM partners WHERE partner_id = 'p1'"))
+    yield db, storage, int(pk)
+    db.dispose()

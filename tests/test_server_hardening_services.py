@@ -14,7 +14,7 @@ import stat
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 import sqlalchemy as sa
@@ -22,24 +22,11 @@ import sqlalchemy as sa
 from ota_build.core.errors import UsageError
 from ota_build.server import admin, auth, services
 from ota_build.server.app import Settings, create_app
-from ota_build.server.db import Database, open_database
 from ota_build.server.models import FirmwareImage, OtaRecord
 from ota_build.server.services import Kind, RecordFields
 from ota_build.server.storage import Storage
 
 from .test_server_services import REPO, append, content, expect, image, store_image
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Tuple[Database, Storage, int]]:
-    """(database, storage, partner_pk) of a fresh data directory with one partner (as test_server_services)."""
-    db = open_database(str(tmp_path / "data"))
-    storage = Storage(str(tmp_path / "data"), max_upload_bytes=10_000_000)
-    admin.create_partner(db, "p1@example.com", partner_id="p1")
-    with db.session() as s:
-        pk = s.scalar(sa.text("SELECT id FROM partners WHERE partner_id = 'p1'"))
-    yield db, storage, int(pk)
-    db.dispose()
 
 
 class _Crash(BaseException):

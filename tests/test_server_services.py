@@ -10,7 +10,7 @@ import io
 import os
 import zipfile
 from pathlib import Path
-from typing import AsyncIterator, Iterator, Tuple
+from typing import AsyncIterator, Tuple
 
 import pytest
 import sqlalchemy as sa
@@ -20,24 +20,12 @@ from alembic.config import Config
 from ota_build.core.package import package_image
 from ota_build.core.signing import make_signer
 from ota_build.server import admin, services
-from ota_build.server.db import MIGRATIONS, Database, default_database_url, migrate, open_database
+from ota_build.server.db import MIGRATIONS, Database, default_database_url, migrate
 from ota_build.server.models import Binary, Device, DeviceType, OtaRecord, UploadSession
 from ota_build.server.services import Kind, RecordFields, ServiceError
 from ota_build.server.storage import Storage, TooLarge
 
 REPO = "https://ota.example/v1/ota/partners/{pid}/repository/{sha}"
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Tuple[Database, Storage, int]]:
-    """(database, storage, partner_pk) of a fresh data directory with one partner."""
-    db = open_database(str(tmp_path / "data"))
-    storage = Storage(str(tmp_path / "data"), max_upload_bytes=10_000_000)
-    admin.create_partner(db, "p1@example.com", partner_id="p1")
-    with db.session() as s:
-        pk = s.scalar(sa.text("SELECT id FROM partners WHERE partner_id = 'p1'"))
-    yield db, storage, int(pk)
-    db.dispose()
 
 
 def expect(kind: Kind, fn, *args, **kwargs) -> ServiceError:  # noqa: ANN001

@@ -90,9 +90,7 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    keyring = Keyring.from_files(args.key)
-    if not len(keyring):
-        raise UsageError("no trusted public key found in --key")
+    keyring = Keyring.trusted(args.key)
     minimum = parse_version_number(args.min_version_number, "--min-version-number") if args.min_version_number else None
     result = verify_file(args.file, keyring, expected_type=args.type, min_version_number=minimum,
                          extract_to=args.extract, backend=args.backend)

@@ -38,9 +38,7 @@ def cmd_packager_pack(args: argparse.Namespace) -> int:
 
 def cmd_packager_verify(args: argparse.Namespace) -> int:
     """Verify a package against trusted public keys (exit codes as ``verify``)."""
-    keyring = Keyring.from_files(args.key)
-    if not len(keyring):
-        raise UsageError("no trusted public key found in --key")
+    keyring = Keyring.trusted(args.key)
     if args.extract:
         ensure_dir(args.extract, "--extract")
         manifest = packager.extract(args.file, args.extract, keyring)

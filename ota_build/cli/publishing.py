@@ -68,7 +68,7 @@ def cmd_suit(args: argparse.Namespace) -> int:
                 envelope = f.read()
         except OSError as exc:
             raise UsageError(f"{args.verify}: {exc.strerror}") from None
-        info = suit.verify_manifest(envelope, Keyring.from_files(args.trusted_key), args.current_sequence,
+        info = suit.verify_manifest(envelope, Keyring.trusted(args.trusted_key, "--trusted-key"), args.current_sequence,
                                     backend=args.backend)
         for i, path in enumerate((args.slot0, args.slot1)):
             if path:

@@ -122,6 +122,14 @@ class Keyring:
                 keys.append(load_public_key(path))
         return cls(keys)
 
+    @classmethod
+    def trusted(cls, paths: Sequence[str], option: str = "--key") -> "Keyring":
+        """``from_files`` for a command's trusted keys: a KeyError_ naming ``option`` when none was found."""
+        keyring = cls.from_files(paths)
+        if not len(keyring):
+            raise KeyError_(f"no trusted public key found in {option}")
+        return keyring
+
     def __len__(self) -> int:
         return len(self._keys)
 
