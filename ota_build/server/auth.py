@@ -169,23 +169,46 @@ def principal_for(db, token: str) -> Optional[Principal]:  # noqa: ANN001
         return Principal(tok.kind, tok.partner_pk, partner_id, tok.device_pk, device_id)
 
 
-def authenticate(request: Request) -> Principal:
-    """FastAPI dependency: the Principal of the request's bearer token, else 401 (the one the request guard
-    found before the body was read, when it ran: ``server/guard.py``)."""
-    cached = request.scope.get(PRINCIPAL_KEY)
+#: the user name under which HTTP Basic carries an API token (``http://token:KEY@host/``)
+BASIC_TOKEN_USER = "token"
+
+
+def token_from_header(header: str, allow_basic: bool = False) -> Tuple[Optional[str], str]:
+    """(token, problem) of an Authorization header: ``Bearer <token>``, or with ``allow_basic`` also HTTP
+    Basic with user ``token`` and the token as password (for the seed tools, which can only put
+    ``token:KEY@`` in a URL). The one reading of the header, for the dependencies below and the request
+    guard (``server/guard.py``)."""
+    if header.lower().startswith("bearer ") and header[7:].strip():
+        return header[7:].strip(), ""
+    if allow_basic:
+        basic = parse_basic(header)
+        if basic is not None:
+            user, token = basic
+            if user == BASIC_TOKEN_USER and token.strip():
+                return token.strip(), ""
+            return None, f"HTTP Basic carries a token as user '{BASIC_TOKEN_USER}'"
+    return None, "a bearer token is required (Authorization: Bearer <token>)"
+
+
+def _principal_of(request: Request, allow_basic: bool) -> Principal:
+    cached = request.scope.get(PRINCIPAL_KEY)  # found by the request guard before the body was read
     if isinstance(cached, Principal):
         return cached
-    header = request.headers.get("authorization", "")
-    if not header.lower().startswith("bearer ") or not header[7:].strip():
-        raise _unauthorized("a bearer token is required (Authorization: Bearer <token>)")
-    principal = principal_for(request.app.state.db, header[7:].strip())
+    token, problem = token_from_header(request.headers.get("authorization", ""), allow_basic)
+    if token is None:
+        if allow_basic:
+            raise HTTPException(status_code=401, detail=problem, headers={"WWW-Authenticate": 'Basic realm="ota", Bearer'})
+        raise _unauthorized(problem)
+    principal = principal_for(request.app.state.db, token)
     if principal is None:
         raise _unauthorized("invalid or expired token")
     return principal
 
 
-#: the user name under which HTTP Basic carries an API token (``http://token:KEY@host/``)
-BASIC_TOKEN_USER = "token"
+def authenticate(request: Request) -> Principal:
+    """FastAPI dependency: the Principal of the request's bearer token, else 401 (the one the request guard
+    found before the body was read, when it ran: ``server/guard.py``)."""
+    return _principal_of(request, allow_basic=False)
 
 
 def authenticate_or_basic(request: Request) -> Principal:
@@ -193,21 +216,7 @@ def authenticate_or_basic(request: Request) -> Principal:
     seed 002's ``publish.py``, seed 000's curl commands): the token as ``Authorization: Bearer <token>``
     or as HTTP Basic with user ``token`` and the token as password, so ``http://token:KEY@host:port``
     works unchanged in their URLs. Else 401."""
-    cached = request.scope.get(PRINCIPAL_KEY)
-    if isinstance(cached, Principal):
-        return cached
-    header = request.headers.get("authorization", "")
-    basic = parse_basic(header)
-    if basic is None:
-        return authenticate(request)
-    user, token = basic
-    if user != BASIC_TOKEN_USER or not token.strip():
-        raise HTTPException(status_code=401, detail=f"HTTP Basic carries a token as user '{BASIC_TOKEN_USER}'",
-                            headers={"WWW-Authenticate": 'Basic realm="ota", Bearer'})
-    principal = principal_for(request.app.state.db, token.strip())
-    if principal is None:
-        raise _unauthorized("invalid or expired token")
-    return principal
+    return _principal_of(request, allow_basic=True)
 
 
 def require_partner(principal: Principal, partner_id: Optional[str] = None) -> Principal:

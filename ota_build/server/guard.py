@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import RedirectResponse
 
-from ota_build.server.auth import BASIC_TOKEN_USER, PRINCIPAL_KEY, Principal, parse_basic, principal_for
+from ota_build.server.auth import PRINCIPAL_KEY, Principal, principal_for, token_from_header
 from ota_build.server.responses import error_response
 
 log = logging.getLogger(__name__)
@@ -77,20 +77,6 @@ def route_policy(method: str, path: str, max_upload: int) -> Tuple[int, Optional
     return JSON_LIMIT, "bearer" if path.startswith("/v1/") else None
 
 
-def _token_of(header: str, scheme: str) -> Tuple[Optional[str], str]:
-    """(token, problem) of an Authorization header under ``scheme``."""
-    if header.lower().startswith("bearer ") and header[7:].strip():
-        return header[7:].strip(), ""
-    if scheme == "bearer-or-basic":
-        basic = parse_basic(header)
-        if basic is not None:
-            user, token = basic
-            if user == BASIC_TOKEN_USER and token.strip():
-                return token.strip(), ""
-            return None, f"HTTP Basic carries a token as user '{BASIC_TOKEN_USER}'"
-    return None, "a bearer token is required (Authorization: Bearer <token>)"
-
-
 class BodyGuard:
     """ASGI middleware: authentication and body limits before the body is read (module docstring)."""
 
@@ -113,7 +99,7 @@ class BodyGuard:
         # a refused body small enough is read and dropped first, so the client sees the answer (no reset)
         drain = body if declared is not None and declared <= DRAIN_LIMIT else None
         if scheme is not None:
-            token, problem = _token_of(headers.get("authorization", ""), scheme)
+            token, problem = token_from_header(headers.get("authorization", ""), allow_basic=scheme == "bearer-or-basic")
             principal: Optional[Principal] = None
             if token is not None:
                 principal = await run_in_threadpool(principal_for, self.db, token)
