@@ -11,8 +11,15 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from ota_build.core.signing import generate_key
+
+# Hypothesis's timing checks (a slow draw, a slow example) measure wall time, which the real-BitBake builds
+# on the other pytest worker can stretch at any moment: speed lives in benchmarks/, not in tests (the
+# number of examples stays bounded as each test sets it).
+settings.register_profile("ota", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ota")
 
 ROOT = Path(__file__).resolve().parent.parent
 
