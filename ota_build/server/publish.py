@@ -44,7 +44,28 @@ def _publications(request: Request) -> Publications:
     return Publications(request.app.state.settings.data_dir)
 
 
-@router.post("/publish")
+def _binary(description: str) -> Dict[str, str]:
+    return {"type": "string", "format": "binary", "description": description}
+
+
+_PUBLISH_ID = {"type": "string", "description": "the publication's name: one path component (no '/', '.' or '..')"}
+#: the bodies in the OpenAPI description only: the forms are parsed in the handlers (after the request guard and
+#: the token), so a missing part is the original's 400 naming every missing one, not a 422
+_PUBLISH_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["publish_id", *PARTS],
+    "properties": {"publish_id": _PUBLISH_ID, "manifest": _binary("the (SUIT) manifest"),
+                   "slot0": _binary("the firmware image for slot 0"),
+                   "slot1": _binary("the firmware image for slot 1")}}}}}}
+_NOTIFY_SCHEMA = {"type": "object", "required": ["publish_id", "device_urls"],
+                  "properties": {"publish_id": _PUBLISH_ID,
+                                 "device_urls": {"type": "string", "description": "comma-separated host[:port]/path "
+                                                 "of the devices' CoAP notify resources", "example": "[fd00::2]/notify"}}}
+_NOTIFY_BODY = {"requestBody": {"required": True, "content": {
+    "application/x-www-form-urlencoded": {"schema": _NOTIFY_SCHEMA},
+    "multipart/form-data": {"schema": _NOTIFY_SCHEMA}}}}
+
+
+@router.post("/publish", openapi_extra=_PUBLISH_BODY)
 async def publish(request: Request, principal: Principal = Depends(authenticate_or_basic)) -> JSONResponse:
     """Store a manifest and two slots under ``publish_id``; they are served over CoAP at once."""
     require_partner(principal)
@@ -63,7 +84,7 @@ async def publish(request: Request, principal: Principal = Depends(authenticate_
                          "urls": {name: f"{base}/{name}" for name in PARTS}})
 
 
-@router.put("/notify")
+@router.put("/notify", openapi_extra=_NOTIFY_BODY)
 async def notify(request: Request, principal: Principal = Depends(authenticate_or_basic)) -> JSONResponse:
     """Send each device a CoAP PUT with the manifest's URL; answer 200 with each device's outcome."""
     require_partner(principal)
