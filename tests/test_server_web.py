@@ -102,3 +102,43 @@ def test_page_lists_and_uploads(server, partner, browser, tmp_path):
     browser.find_element(By.ID, "file").send_keys(str(pkg_file))
     browser.find_element(By.ID, "submit").click()
     assert "token" in text_after_submit(browser, "error", "token")
+
+
+def test_page_lists_publications(server, partner, browser):
+    """Seed 002: a publication (POST /publish, as the original client sends it) is a row of the page: its id, each
+    file's size, its time; publishing the id again replaces the row. The owner is not shown (public page)."""
+    import datetime as dt
+
+    from selenium.webdriver.common.by import By
+
+    if server.backend != "sqlite":
+        pytest.skip("one browser run is enough")
+    headers = {"Authorization": f"Bearer {partner.api_token()}"}
+    publish_id = "web_" + partner.partner_id.replace("-", "_")
+
+    def publish(sizes):
+        files = {name: (name, b"x" * size) for name, size in zip(("manifest", "slot0", "slot1"), sizes, strict=True)}
+        resp = requests.post(f"{server.url}/publish", headers=headers, data={"publish_id": publish_id}, files=files,
+                             timeout=30)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["created"]
+
+    def row():
+        browser.get(server.url + "/")
+        table = browser.find_element(By.ID, "publications")
+        assert [h.text for h in table.find_elements(By.TAG_NAME, "th")] == [
+            "Publish id", "manifest", "slot0", "slot1", "Published (UTC)"]
+        rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")] for tr in table.find_elements(By.TAG_NAME, "tr")]
+        mine = [r for r in rows if r and r[0] == publish_id]
+        assert len(mine) == 1, rows
+        assert partner.partner_id not in browser.find_element(By.TAG_NAME, "body").text
+        return mine[0]
+
+    created = publish((321, 4097, 1500))
+    cells = row()
+    assert cells == [publish_id, "321", "4097", "1500", created]
+    when = dt.datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    assert abs((dt.datetime.now(dt.timezone.utc) - when).total_seconds()) < 300
+
+    created = publish((10, 20, 30))  # republished: the same row, the new sizes
+    assert row() == [publish_id, "10", "20", "30", created]
