@@ -2,10 +2,13 @@
 ``ota-build serve`` runs) next to libcoap's ``coap-server`` serving the same bytes (a resource created with PUT
 in its dynamic mode, ``-d``), on the same machine in the same run. Clients are libcoap's ``coap-client``.
 
-    .venv/bin/python benchmarks/bench_coap.py                 # 1 MiB x 20 clients, best of 3
-    .venv/bin/python benchmarks/bench_coap.py --size-mib 2 --clients 10 --repeat 1
+    .venv/bin/python benchmarks/bench_coap.py                 # 1 MiB x 20 clients, best of 3, 1 and 2 processes
+    .venv/bin/python benchmarks/bench_coap.py --size-mib 2 --clients 10 --repeat 1 --workers 1
 
-Prints MiB/s for each and the ratio (target: ours >= 0.5x libcoap's). Needs ``apt-get install libcoap3-bin``.
+Ours runs as ``ota-build serve`` runs it (``CoapServers``: ``--coap-workers`` processes on one port), once per
+``--workers`` value. Prints MiB/s for each and the ratio (target: ours >= 0.5x libcoap's), and each server's CPU
+time per block (user + system, from /proc: what load from other processes cannot inflate much).
+Needs ``apt-get install libcoap3-bin``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
+
+from ota_build.server.publications import Publications
 
 log = logging.getLogger("bench_coap")
 
@@ -48,6 +53,27 @@ def _wait_get(client: str, uri: str, deadline: float = 30.0) -> None:
     raise RuntimeError(f"{uri} did not answer")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its reaped and living children (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in [pid] + _children(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15]) / ticks  # utime stime cutime cstime
+    return total
+
+
+def _children(pid: int) -> List[int]:
+    try:
+        found = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return found + [g for c in found for g in _children(c)]
+
+
 def _round(client: str, uri: str, clients: int, expected: bytes, workdir: Path) -> float:
     """Seconds for ``clients`` concurrent downloads of ``uri``; every download is checked byte-exact."""
     outs = [workdir / f"out{i}" for i in range(clients)]
@@ -70,6 +96,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--size-mib", type=float, default=1.0)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="CoAP server processes of ours to measure")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     client = _tool("coap-client", "coap-client-notls", "coap-client-openssl")
@@ -79,39 +106,50 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-coap-") as tmp:
         work = Path(tmp)
         (work / "slot.bin").write_bytes(data)
-        ours_port, ref_port = _free_udp_port(), _free_udp_port()
-        code = ("import sys, time\n"
-                "from ota_build.server.publications import Publications\n"
-                "from ota_build.server.coap import CoapServerThread\n"
-                f"Publications({str(work / 'data')!r}).publish('bench', 'p', "
-                f"{{'manifest': [b'm'], 'slot0': [open({str(work / 'slot.bin')!r}, 'rb').read()], 'slot1': [b's']}})\n"
-                f"CoapServerThread({str(work / 'data')!r}, '127.0.0.1', {ours_port}).start_and_wait()\n"
-                "time.sleep(1e9)\n")
-        ours = subprocess.Popen([sys.executable, "-c", code])
+        ref_port = _free_udp_port()
+        Publications(str(work / "data")).publish("bench", "p", {"manifest": [b"m"], "slot0": [data], "slot1": [b"s"]})
+        servers = {}  # name -> (process, uri)
+        for n in args.workers:
+            port = _free_udp_port()
+            code = ("import signal, sys, time\n"
+                    "from ota_build.server.coap import CoapServers\n"
+                    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+                    f"s = CoapServers({str(work / 'data')!r}, '127.0.0.1', {port}, {n})\n"
+                    "s.start()\n"
+                    "try:\n    time.sleep(1e9)\nfinally:\n    s.stop()\n")
+            servers[f"ours x{n}"] = (subprocess.Popen([sys.executable, "-c", code]), f"coap://127.0.0.1:{port}/bench/slot0")
         ref = subprocess.Popen([server, "-A", "127.0.0.1", "-p", str(ref_port), "-d", "10"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        servers["libcoap"] = (ref, f"coap://127.0.0.1:{ref_port}/slot0")
         try:
-            ours_uri = f"coap://127.0.0.1:{ours_port}/bench/slot0"
-            ref_uri = f"coap://127.0.0.1:{ref_port}/slot0"
-            _wait_get(client, ours_uri)
+            for name, (_, uri) in servers.items():
+                if name != "libcoap":
+                    _wait_get(client, uri)
             time.sleep(0.5)
-            subprocess.run([client, "-m", "put", "-f", str(work / "slot.bin"), ref_uri], check=True, capture_output=True)
-            times = {"ours": [], "libcoap": []}  # type: dict
-            for _ in range(args.repeat):  # interleaved rounds: load from other jobs hits both alike
-                times["ours"].append(_round(client, ours_uri, args.clients, data, work))
-                times["libcoap"].append(_round(client, ref_uri, args.clients, data, work))
+            subprocess.run([client, "-m", "put", "-f", str(work / "slot.bin"), servers["libcoap"][1]], check=True,
+                           capture_output=True)
+            times: Dict[str, List[float]] = {name: [] for name in servers}
+            cpu: Dict[str, List[float]] = {name: [] for name in servers}
+            for _ in range(args.repeat):  # interleaved rounds: load from other jobs hits all alike
+                for name, (proc, uri) in servers.items():
+                    before = _cpu_seconds(proc.pid)
+                    times[name].append(_round(client, uri, args.clients, data, work))
+                    cpu[name].append(_cpu_seconds(proc.pid) - before)
         finally:
-            for proc in (ours, ref):
+            for proc, _ in servers.values():
                 proc.terminate()
                 proc.wait(10)
     mib = size * args.clients / (1024 * 1024)
+    blocks = args.clients * -(-size // 1024)
     best = {k: min(v) for k, v in times.items()}
     log.info("%d clients x %.1f MiB, best of %d (Block2, 1024-byte blocks, coap-client)", args.clients, args.size_mib,
              args.repeat)
-    for name in ("ours", "libcoap"):
-        log.info("  %-8s %6.2f s  %6.2f MiB/s   (rounds: %s)", name, best[name], mib / best[name],
-                 ", ".join(f"{t:.2f}" for t in times[name]))
-    log.info("  ratio ours/libcoap throughput: %.2f (target >= 0.5)", best["libcoap"] / best["ours"])
+    for name in servers:
+        log.info("  %-9s %6.2f s  %6.2f MiB/s  server CPU %5.1f us/block  (rounds: %s)", name, best[name],
+                 mib / best[name], 1e6 * min(cpu[name]) / blocks, ", ".join(f"{t:.2f}" for t in times[name]))
+    for name in servers:
+        if name != "libcoap":
+            log.info("  ratio %s/libcoap throughput: %.2f (target >= 0.5)", name, best["libcoap"] / best[name])
     return 0
 
 

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
@@ -17,6 +18,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 import requests
 
+from .conftest import assert_one_line_error, run_cli
 from .serverutil import Server, free_udp_port, start_server, stop_server
 
 COAP_CLIENT = next((shutil.which(n) for n in ("coap-client", "coap-client-notls", "coap-client-openssl")
@@ -132,6 +134,58 @@ def test_another_partner_cannot_replace_or_notify(site: Site, published: Dict[st
     assert site.post("/publish", token=site.other_token, data={"publish_id": "version_1"}, files=files).status_code == 403
     resp = site.put("/notify", token=site.other_token, data={"publish_id": "version_1", "device_urls": "127.0.0.1/n"})
     assert resp.status_code == 403
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _children(pid: int) -> List[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.skipif(COAP_CLIENT is None, reason="libcoap's coap-client is not installed (apt-get install libcoap3-bin)")
+def test_coap_workers_share_the_port_and_end_with_the_server(tmp_path: Path) -> None:
+    """``--coap-workers 2``: two server processes on one UDP port; concurrent block-wise downloads (spread over
+    both by the kernel) are byte-exact; the workers end with the server, even when it is killed (no orphan
+    keeps the port)."""
+    port = free_udp_port()
+    srv = start_server(tmp_path / "data", None, extra=["--coap-port", str(port), "--coap-host", "127.0.0.1",
+                                                       "--coap-workers", "2"])
+    try:
+        workers = [c for c in _children(srv.proc.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(workers) == 2, workers
+        pid = "p-" + uuid.uuid4().hex[:10]
+        srv.admin("partner", "--username", f"{pid}@example.com", "--partner-id", pid)
+        token = srv.admin("api-token", "--partner", pid)["token"]
+        slot = os.urandom(200 * 1024 + 17)
+        resp = requests.post(srv.url + "/publish", auth=("token", token), data={"publish_id": "w2"}, timeout=60,
+                             files={"manifest": ("m", b"m"), "slot0": ("s0", slot), "slot1": ("s1", b"s1")})
+        assert resp.status_code == 200, resp.text
+        outs = [tmp_path / f"out{i}" for i in range(8)]
+        procs = [subprocess.Popen([str(COAP_CLIENT), "-m", "get", "-o", str(o), f"coap://127.0.0.1:{port}/w2/slot0"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for o in outs]
+        for proc in procs:
+            assert proc.wait(120) == 0
+        assert all(o.read_bytes() == slot for o in outs)
+        os.kill(srv.proc.pid, 9)  # the server alone, as an OOM kill would: its workers notice and exit
+        srv.proc.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_running(w) for w in workers):
+            time.sleep(0.2)
+        alive = [w for w in workers if _running(w)]
+        assert not alive, f"CoAP workers {alive} outlived the server"
+    finally:
+        stop_server(srv)
+
+
+@pytest.mark.parametrize("value", ["0", "65"])
+def test_serve_rejects_bad_coap_workers(tmp_path: Path, value: str) -> None:
+    proc = run_cli("ota-build", "serve", "--coap-workers", value, "--data-dir", str(tmp_path / "d"))
+    assert_one_line_error(proc, 2, "--coap-workers", value)
 
 
 # --------------------------------------------------------------------------- notify

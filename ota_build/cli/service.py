@@ -90,11 +90,13 @@ def _bracket(host: str) -> str:
 
 
 def _check_coap_options(args: argparse.Namespace) -> None:
-    """One line (exit 2) for a bad --coap-port or --coap-notify-allow."""
+    """One line (exit 2) for a bad --coap-port, --coap-workers or --coap-notify-allow."""
     from ota_build.server.publications import parse_networks
 
     if not 0 < args.coap_port < 65536:
         raise UsageError(f"--coap-port: {args.coap_port} is not a UDP port (1-65535)")
+    if not 1 <= args.coap_workers <= 64:
+        raise UsageError(f"--coap-workers: {args.coap_workers} must be between 1 and 64")
     try:
         parse_networks(args.coap_notify_allow or [])
     except ValueError as exc:
@@ -138,24 +140,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["OTA_COAP_HOST"] = args.coap_advertise_host or coap_host
     os.environ["OTA_COAP_PORT"] = str(args.coap_port)
     os.environ["OTA_COAP_NOTIFY_ALLOW"] = ",".join(args.coap_notify_allow or DEFAULT_NOTIFY_ALLOW)
+    coap = None
     if not args.no_coap:
-        from ota_build.server.coap import CoapServerThread
+        from ota_build.server.coap import CoapServers
 
+        coap = CoapServers(os.path.abspath(args.data_dir), coap_host, args.coap_port, args.coap_workers)
         try:
-            CoapServerThread(os.path.abspath(args.data_dir), coap_host, args.coap_port).start_and_wait()
+            coap.start()
         except OSError as exc:
             raise OtaError(f"--coap-port: {exc}") from None
-        print(f"ota-build serve: coap://{_bracket(coap_host)}:{args.coap_port} (seed 002: manifests and slots; "
-              f"notify reaches {', '.join(args.coap_notify_allow or DEFAULT_NOTIFY_ALLOW)})", file=sys.stderr, flush=True)
+        print(f"ota-build serve: coap://{_bracket(coap_host)}:{args.coap_port} (seed 002: manifests and slots, "
+              f"{args.coap_workers} process(es); notify reaches {', '.join(args.coap_notify_allow or DEFAULT_NOTIFY_ALLOW)})",
+              file=sys.stderr, flush=True)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"ota-build serve: http://{host}:{args.port} ({args.workers} worker(s); database {where}; "
           f"files in {os.path.abspath(args.data_dir)}); Ctrl-C stops it", file=sys.stderr, flush=True)
     if args.host not in ("127.0.0.1", "::1", "localhost"):
         print(f"ota-build serve: listening on {args.host}: put TLS (a reverse proxy) in front of it",
               file=sys.stderr)
-    uvicorn.run("ota_build.server.app:app_from_env", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="warning" if not args.access_log else "info",
-                access_log=args.access_log, proxy_headers=False)
+    try:
+        uvicorn.run("ota_build.server.app:app_from_env", factory=True, host=args.host, port=args.port,
+                    workers=args.workers, log_level="warning" if not args.access_log else "info",
+                    access_log=args.access_log, proxy_headers=False)
+    finally:
+        if coap is not None:
+            coap.stop()
     return 0
 
 
@@ -329,6 +338,9 @@ def add_server_commands(sub: Any) -> None:
     p.add_argument("--coap-notify-allow", action="append", metavar="CIDR",
                    help="seed 002: an address range PUT /notify may send CoAP to (repeatable; default: "
                         f"{' and '.join(DEFAULT_NOTIFY_ALLOW)}, loopback only)")
+    p.add_argument("--coap-workers", type=int, default=1, metavar="N",
+                   help="seed 002: CoAP server processes, sharing the UDP port (SO_REUSEPORT; each client stays on "
+                        "one); more than 1 uses more cores for many concurrent block-wise downloads (default: 1)")
     p.add_argument("--no-coap", action="store_true", help="seed 002: do not start the CoAP server")
     p.set_defaults(func=cmd_serve)
 

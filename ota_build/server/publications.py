@@ -61,16 +61,13 @@ class Publications:
         self.root = os.path.join(data_dir, "coap")
         self.versions = os.path.join(self.root, ".v")
 
-    def path(self, publish_id: str, part: str) -> Optional[str]:
-        """The file of ``part`` of ``publish_id``, or None when either does not exist (or is not a valid name)."""
+    def file_name(self, publish_id: str, part: str) -> Optional[str]:
+        """Where ``part`` of ``publish_id`` would be (it may not exist), or None for a name that is not valid."""
         try:
             check_name(publish_id, "publish_id")
         except ValueError:
             return None
-        if part not in PARTS:
-            return None
-        path = os.path.join(self.root, publish_id, part)
-        return path if os.path.isfile(path) else None
+        return os.path.join(self.root, publish_id, part) if part in PARTS else None
 
     def meta(self, publish_id: str) -> Optional[Publication]:
         """The publication's metadata, or None."""
