@@ -182,6 +182,19 @@ def test_coap_workers_share_the_port_and_end_with_the_server(tmp_path: Path) -> 
         stop_server(srv)
 
 
+def test_serve_reports_a_coap_port_in_use_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    from .serverutil import free_port
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:  # no SO_REUSEPORT: the workers cannot join it
+        taken.bind(("127.0.0.1", 0))
+        port = str(taken.getsockname()[1])
+        proc = run_cli("ota-build", "serve", "--port", str(free_port()), "--coap-host", "127.0.0.1", "--coap-port", port,
+                       "--data-dir", str(tmp_path / "d"), timeout=120)
+    assert_one_line_error(proc, 1, "--coap-port", f"127.0.0.1:{port}")
+
+
 @pytest.mark.parametrize("value", ["0", "65"])
 def test_serve_rejects_bad_coap_workers(tmp_path: Path, value: str) -> None:
     proc = run_cli("ota-build", "serve", "--coap-workers", value, "--data-dir", str(tmp_path / "d"))
