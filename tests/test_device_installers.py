@@ -12,6 +12,9 @@ import pytest
 from ota_build.device.installers import ABInstaller, BootEnv, CommandInstaller, InstallError
 
 
+SWITCHED_TO_B = "BOOT_ORDER=b a\nBOOT_b_LEFT=3\nupgrade_available=1\nbootcount=0\n"
+
+
 def sha(path) -> bytes:
     return hashlib.sha256(open(path, "rb").read()).digest()
 
@@ -41,7 +44,8 @@ def test_ab_writes_inactive_slot_and_switches_file_env(tmp_path, payload):
     assert res.slot == "b"
     assert b.read_bytes()[:payload.stat().st_size] == payload.read_bytes()
     assert a.read_bytes() == a_before
-    assert env.read_text() == "other=1\nota_slot=b\n"
+    # One write: the legacy variable and the A/B boot contract's variables (docs/agent.md).
+    assert env.read_text() == "other=1\nota_slot=b\n" + SWITCHED_TO_B
     # The next update goes to the other slot.
     assert inst.inactive_slot() == "a"
 
@@ -67,7 +71,7 @@ def test_ab_read_back_mismatch_does_not_switch(tmp_path, payload):
     env = tmp_path / "bootenv.txt"
     env.write_text("ota_slot=a\n")
     inst = ABInstaller({"a": str(a), "b": str(b)}, BootEnv({"tool": "file", "file": str(env)}))
-    with pytest.raises(InstallError, match="read back"):
+    with pytest.raises(InstallError, match="different SHA-256"):
         inst.install(str(payload), hashlib.sha256(b"something else").digest())
     assert env.read_text() == "ota_slot=a\n"
 

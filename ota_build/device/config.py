@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RECORD = "/etc/full_ota_record.json"
 DEFAULT_STATE_DIR = "/var/lib/ota-agent"
+DEFAULT_CMDLINE = "/proc/cmdline"
+DEFAULT_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+DEFAULT_BOOT_LIMIT = 3
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,10 @@ class AgentConfig:
     poll_interval: int = 300
     verify_backend: str = "auto"
     download_origins: List[str] = field(default_factory=list)
+    health_check: List[str] = field(default_factory=list)
+    boot_limit: int = 3
+    cmdline: str = DEFAULT_CMDLINE
+    boot_id_file: str = DEFAULT_BOOT_ID
 
     def package_for(self, name: str) -> Optional[Dict[str, Any]]:
         """The installed package entry (content.json) whose ``package`` is ``name``, else the only one."""
@@ -74,8 +81,11 @@ def load_agent_config(path: str, env: Optional[Mapping[str, str]] = None) -> Age
     installer = doc["installer"]
     if installer["type"] == "command" and not installer.get("command"):
         raise ConfigError(f"{path}: field 'installer.command': is missing (needed by the command installer)")
-    if installer["type"] == "ab" and not installer.get("slots"):
+    if installer["type"] in ("ab", "archive") and not installer.get("slots"):
         raise ConfigError(f"{path}: field 'installer.slots': is missing (needed by the A/B installer)")
+    for name in installer.get("slots", {}):
+        if not re.fullmatch(r"[A-Za-z0-9]+", name):
+            raise ConfigError(f"{path}: field 'installer.slots': slot name {name!r} is not letters and digits")
     token = env.get("OTA_DEVICE_TOKEN") or doc.get("deviceToken", "")
     if not token and doc.get("deviceTokenFile"):
         token = _read_secret_file(path, "deviceTokenFile", doc["deviceTokenFile"])
@@ -119,6 +129,10 @@ def load_agent_config(path: str, env: Optional[Mapping[str, str]] = None) -> Age
         poll_interval=int(doc.get("pollInterval", 300)),
         verify_backend=doc.get("verifyBackend", "auto"),
         download_origins=list(doc.get("downloadOrigins", [])),
+        health_check=list(doc.get("healthCheck", [])),
+        boot_limit=int(doc.get("bootLimit", DEFAULT_BOOT_LIMIT)),
+        cmdline=os.path.join(base, doc.get("cmdline", DEFAULT_CMDLINE)),
+        boot_id_file=os.path.join(base, doc.get("bootIdFile", DEFAULT_BOOT_ID)),
     )
 
 
