@@ -10,7 +10,7 @@ import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 import requests
@@ -96,16 +96,22 @@ def slots(conf: Path) -> Dict[str, bytes]:
 
 # --------------------------------------------------------------------------- the journey on the real server
 
-def publish_with_seed_tools(p: Partner, key: str) -> Dict[str, Any]:
-    """The seed's flow: --createOTARecord, package, --uploadOTAImage, --list; returns the image row."""
+def publish_with_seed_tools(p: Partner, key: str, payload: Optional[bytes] = None, build: int = 2) -> Dict[str, Any]:
+    """The seed's flow: --createOTARecord, package, --uploadOTAImage, --list; returns the image row.
+
+    The payload is a sample rootfs tarball, or ``payload`` (e.g. a raw filesystem image)."""
     env = p.env
-    run_cli("partner-ota-hub-uploader", "-c", str(p.conf), "-s", "-n", "2", "-d", "--createOTARecord",
+    run_cli("partner-ota-hub-uploader", "-c", str(p.conf), "-s", "-n", str(build), "-d", "--createOTARecord",
             cwd=p.dir, env=env, check=0)
     record = json.loads((p.dir / "full_ota_record.json").read_text())
-    rootfs = make_sample_rootfs(str(p.dir / "rootfs.tar.gz"), {"etc/version": record["version"].encode()})
+    if payload is None:
+        rootfs = make_sample_rootfs(str(p.dir / "rootfs.tar.gz"), {"etc/version": record["version"].encode()})
+    else:
+        rootfs = str(p.dir / f"payload-{build}.img")
+        Path(rootfs).write_bytes(payload)
     run_cli("ota-build", "package", rootfs, "-r", str(p.dir / "full_ota_record.json"), "-k", key,
             "-o", str(p.dir / "hub_update.bin"), check=0)
-    run_cli("partner-ota-hub-uploader", "-c", str(p.conf), "-s", "-n", "2", "-d", "--uploadOTAImage",
+    run_cli("partner-ota-hub-uploader", "-c", str(p.conf), "-s", "-n", str(build), "-d", "--uploadOTAImage",
             cwd=p.dir, env=env, check=0)
     listing = run_cli("partner-ota-hub-deploy", "-c", str(p.conf), "--list", cwd=p.dir, env=env, check=0).stdout
     row = next(line.split() for line in listing.splitlines() if record["version"] in line)

@@ -195,6 +195,8 @@ class ServerApi:
         self.origin = url_origin(self.base)
         self.download_origins = {url_origin(o) for o in download_origins}
         self.opener = urllib.request.build_opener(_OriginRedirectHandler(self))
+        self.retries = 5      # a dropped download is resumed this many times in a row
+        self.backoff = 0.5    # seconds before the first retry, doubled for each next one
 
     def resolve(self, url: str) -> str:
         """An absolute URL: a path (``/...``) is on the server."""
@@ -259,11 +261,11 @@ class ServerApi:
         except ServerError as exc:
             log.warning("could not report state %s: %s", state, exc)
 
-    def stream(self, url: str, start: int, end: int, retries: int = 5, backoff: float = 0.5) -> "RangeStream":
+    def stream(self, url: str, start: int, end: int) -> "RangeStream":
         """Bytes ``start``..``end`` of ``url`` as a file-like stream that resumes a dropped connection."""
-        return RangeStream(self, url, start, end, retries, backoff)
+        return RangeStream(self, url, start, end, self.retries, self.backoff)
 
-    def download(self, url: str, dest: str, size: int, retries: int = 5, backoff: float = 0.5) -> None:
+    def download(self, url: str, dest: str, size: int) -> None:
         """Download ``url`` to ``dest``, resuming what ``dest`` already holds (the command installer's path).
 
         An OriginError (the URL or a redirect leaves the allowed origins) is raised at once, not retried.
@@ -272,7 +274,7 @@ class ServerApi:
         if have > size:
             os.unlink(dest)
             have = 0
-        with self.stream(url, have, size, retries, backoff) as src, open(dest, "r+b" if have else "wb") as out:
+        with self.stream(url, have, size) as src, open(dest, "r+b" if have else "wb") as out:
             out.seek(have)
             shutil.copyfileobj(src, out, CHUNK)
             out.flush()

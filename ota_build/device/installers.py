@@ -264,9 +264,10 @@ class ABInstaller(SlotInstaller):
         hashed again first); fsync; return (SHA-256 of the whole payload, bytes in the slot).
 
         The slot's size is its capacity: a block device's size, or a regular file's size (written in place,
-        like a partition image). Only an empty or missing regular file (a simulated slot: tests, the demo)
-        has no limit. An empty payload or one larger than the slot is refused before anything is written.
-        ``checkpoint(n)`` is called after ``n`` bytes are durable (every 64 MiB), so a restart resumes there.
+        like a partition image). Only an empty or missing regular file (a simulated slot: tests, the demo),
+        or one holding exactly the ``done`` bytes of a resumed install, has no limit. An empty payload or one
+        larger than the slot is refused before anything is written. ``checkpoint(n)`` is called after ``n``
+        bytes are durable (every 64 MiB, when the download gives up, at the end), so a restart resumes there.
         """
         from ota_build.core.package import copy_hashing  # core.package imports no third-party module
 
@@ -282,8 +283,8 @@ class ABInstaller(SlotInstaller):
             try:
                 mode = os.fstat(fd).st_mode
                 capacity = os.lseek(fd, 0, os.SEEK_END)  # a block device's size too (st_size is 0 for one)
-                if capacity == 0 and stat.S_ISREG(mode):
-                    capacity = length  # a simulated slot: grows to the payload
+                if capacity in (0, done) and stat.S_ISREG(mode):
+                    capacity = length  # a simulated slot: grows to the payload (also when resumed)
                 sized = stat.S_ISREG(mode) or stat.S_ISBLK(mode)  # a character device (MTD, /dev/full) has no size
                 if sized and length > capacity:
                     raise InstallError(f"payload of {length} bytes does not fit slot {slot} ({device}: {capacity} "
@@ -301,7 +302,13 @@ class ABInstaller(SlotInstaller):
                 written = done
                 while written < length:
                     step = min(self.CHECKPOINT_EVERY, length - written)
-                    _, count = copy_hashing(src, fh, step, None, durable=True, digest=digest)
+                    try:
+                        _, count = copy_hashing(src, fh, step, None, durable=True, digest=digest)
+                    except OtaError:  # the download gave up: what the slot holds is kept for the next check
+                        if checkpoint is not None:
+                            os.fdatasync(fd)
+                            checkpoint(fh.tell())
+                        raise
                     written += count
                     if count < step:
                         raise InstallError(f"the payload ended after {written} of {length} bytes")
@@ -309,6 +316,8 @@ class ABInstaller(SlotInstaller):
                         os.fdatasync(fd)
                         checkpoint(written)
                 os.fsync(fd)
+                if checkpoint is not None:  # all written and durable: a restart only hashes the slot again
+                    checkpoint(written)
             except OSError as exc:
                 raise InstallError(f"writing slot {slot} ({device}) failed: {exc.strerror}") from None
         return digest.digest(), written
