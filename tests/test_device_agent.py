@@ -378,6 +378,14 @@ def test_agent_config_command_for_images(tmp_path):
     run_cli("ota-build", "agent-config", "--server", "http://10.0.0.1:8080", "--device-type", "dt",
             "--public-key", "/k.pem", "--command", "/sbin/sysupgrade {image}", "-o", str(out), check=0)
     assert json.loads(out.read_text())["installer"] == {"type": "command", "command": ["/sbin/sysupgrade", "{image}"]}
+    # The seed's tar.gz payload with slots: the archive installer; boot limit and health check passed on.
+    run_cli("ota-build", "agent-config", "--server", "https://ota.example.com", "--device-type", "dt-1",
+            "--public-key", "/k.pem", "--slot", "a=/dev/mmcblk0p2", "--slot", "b=/dev/mmcblk0p3",
+            "--payload-fstype", "tar.gz", "--boot-limit", "5", "--health-check", "/usr/bin/check-app --quick",
+            "-o", str(out), check=0)
+    doc = json.loads(out.read_text())
+    assert doc["installer"]["type"] == "archive" and doc["bootLimit"] == 5
+    assert doc["healthCheck"] == ["/usr/bin/check-app", "--quick"]
     proc = run_cli("ota-build", "agent-config", "--server", "ftp://x", "--device-type", "dt", "--public-key", "/k.pem",
                    "--command", "x", "-o", str(out))
     assert proc.returncode == 2 and "field 'server'" in proc.stderr

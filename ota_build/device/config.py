@@ -152,11 +152,13 @@ def build_agent_config(server: str, device_type: str, public_keys: List[str], ot
                        poll_interval: int = 300, local_port: int = 5000, description: str = "",
                        record: str = DEFAULT_RECORD, state_dir: str = DEFAULT_STATE_DIR,
                        device_file: str = "/etc/ota/device-id",
-                       device_token_file: str = "/etc/ota/device-token") -> Dict[str, Any]:
+                       device_token_file: str = "/etc/ota/device-token", boot_limit: int = DEFAULT_BOOT_LIMIT,
+                       health_check: Optional[List[str]] = None, payload_fstype: str = "") -> Dict[str, Any]:
     """An agent configuration for an image (the ota-agent recipe's /etc/ota-agent.json).
 
     Two or more ``slots`` (``a=/dev/mmcblk0p2``) select the A/B installer with
-    U-Boot's environment (``boot_values`` map slots to the variable's values);
+    U-Boot's environment (``boot_values`` map slots to the variable's values):
+    the archive installer when ``payload_fstype`` is ``tar.gz``, else the raw one;
     otherwise the command installer runs ``command``. Per-device values are
     read on the device from ``device_file`` and ``device_token_file``.
     Raises ConfigError naming the problem; the result validates against the schema.
@@ -166,7 +168,7 @@ def build_agent_config(server: str, device_type: str, public_keys: List[str], ot
     if slot_map:
         if len(slot_map) < 2:
             raise ConfigError("slots: the A/B installer needs at least two slots (a=/dev/... b=/dev/...)")
-        installer = {"type": "ab", "slots": slot_map,
+        installer = {"type": "archive" if payload_fstype == "tar.gz" else "ab", "slots": slot_map,
                      "bootEnv": {"tool": "fw_setenv", "variable": boot_variable,
                                  "values": _pairs(boot_values or [], "boot value")}}
     else:
@@ -180,6 +182,10 @@ def build_agent_config(server: str, device_type: str, public_keys: List[str], ot
         "record": record, "stateDir": state_dir, "otaType": ota_type, "pollInterval": poll_interval,
         "flask": {"host": "127.0.0.1", "port": local_port}, "installer": installer,
     }
+    if slot_map:
+        doc["bootLimit"] = boot_limit
+    if health_check:
+        doc["healthCheck"] = list(health_check)
     problem = validate(load_schema("ota-agent"), doc)
     if problem:
         raise ConfigError(f"agent configuration: {problem}")
