@@ -142,6 +142,8 @@ class ArchiveInstaller(SlotInstaller):
                     os.unlink(path)
             log.info("slot %s is a directory (%s): emptied", slot, device)
         else:
+            if os.path.ismount(self.mountpoint):  # left mounted by an agent that died mid-unpack
+                _run(self._argv(self.umount, device), f"unmounting slot {slot}")
             _run(self._argv(self.mkfs, device), f"formatting slot {slot}")
             os.makedirs(self.mountpoint, exist_ok=True)
             _run(self._argv(self.mount, device), f"mounting slot {slot}")
@@ -151,7 +153,7 @@ class ArchiveInstaller(SlotInstaller):
         extra = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}  # checked above
         try:
             try:
-                with tarfile.open(fileobj=reader, mode="r|gz") as tar:  # type: ignore[call-overload]
+                with tarfile.open(fileobj=reader, mode="r|gz", bufsize=1 << 20) as tar:  # type: ignore[call-overload]
                     files = 0
                     for member in tar:
                         check_member(member, root, self.allow_devices)
