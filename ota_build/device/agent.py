@@ -39,7 +39,8 @@ from ota_build.core.package import check_header, check_length, verify_file
 from ota_build.core.record import load_record
 from ota_build.core.signing import Keyring
 from ota_build.device.config import AgentConfig
-from ota_build.device.installers import InstallError, SlotInstaller, make_installer
+from ota_build.device.archive import make_installer
+from ota_build.device.installers import InstallError, SlotInstaller
 
 log = logging.getLogger(__name__)
 

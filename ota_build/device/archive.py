@@ -25,7 +25,7 @@ import tarfile
 import zlib
 from typing import IO, Any, Callable, List, Mapping, Optional
 
-from ota_build.device.installers import BootEnv, InstallError, SlotInstaller
+from ota_build.device.installers import ABInstaller, BootEnv, CommandInstaller, InstallError, SlotInstaller
 
 log = logging.getLogger(__name__)
 
@@ -176,3 +176,13 @@ class ArchiveInstaller(SlotInstaller):
             if mounted:
                 _run(self._argv(self.umount, device), f"unmounting slot {slot}")
         return reader.sha.digest(), reader.count
+
+
+def make_installer(spec: Mapping[str, Any], cmdline: str = "/proc/cmdline", boot_limit: int = 3):
+    """Build the installer the agent config's ``installer`` object describes (``ab``, ``archive``, ``command``)."""
+    if spec["type"] == "command":
+        return CommandInstaller(spec["command"])
+    boot_env = BootEnv(spec.get("bootEnv", {}))
+    if spec["type"] == "archive":
+        return ArchiveInstaller(spec["slots"], boot_env, cmdline, boot_limit, spec)
+    return ABInstaller(spec["slots"], boot_env, cmdline, boot_limit)

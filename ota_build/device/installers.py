@@ -321,15 +321,3 @@ class ABInstaller(SlotInstaller):
             except OSError as exc:
                 raise InstallError(f"writing slot {slot} ({device}) failed: {exc.strerror}") from None
         return digest.digest(), written
-
-
-def make_installer(spec: Mapping[str, Any], cmdline: str = "/proc/cmdline", boot_limit: int = 3):
-    """Build the installer the agent config's ``installer`` object describes."""
-    if spec["type"] == "command":
-        return CommandInstaller(spec["command"])
-    boot_env = BootEnv(spec.get("bootEnv", {}))
-    if spec["type"] == "archive":
-        from ota_build.device.archive import ArchiveInstaller
-
-        return ArchiveInstaller(spec["slots"], boot_env, cmdline, boot_limit, spec)
-    return ABInstaller(spec["slots"], boot_env, cmdline, boot_limit)
