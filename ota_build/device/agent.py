@@ -500,6 +500,7 @@ class Agent:
             {k: progress.get(k) for k in ident} == ident and os.path.exists(self._hdr_path()) else 0
         minimum = None if cfg.allow_downgrade else current + 1
         self.api.report("downloading", offered)
+        stream: Optional[RangeStream] = None
         try:
             if done:
                 with open(self._hdr_path(), "rb") as fh:
@@ -515,12 +516,14 @@ class Agent:
             check_length(header, offer.size)
             if header.payload_length == 0:
                 raise EmptyPayloadError("the image's payload is empty (0 bytes)")
-        except OriginError as exc:
-            return self._refuse(offered, exc, "bad-origin")
-        except VerifyError as exc:
-            self._save_state(install=None)
-            return self._refuse(offered, exc, exc.reason)
-        except ServerError as exc:
+        except (OriginError, VerifyError, ServerError) as exc:
+            if stream is not None:
+                stream.close()
+            if isinstance(exc, OriginError):
+                return self._refuse(offered, exc, "bad-origin")
+            if isinstance(exc, VerifyError):
+                self._save_state(install=None)
+                return self._refuse(offered, exc, exc.reason)
             return self._finish(Outcome("failed", offered, f"download: {exc}", exc.exit_code))
         with stream:
             if not done:  # kept beside the slot, as Afero's scripts keep it; the only copy of the image here
