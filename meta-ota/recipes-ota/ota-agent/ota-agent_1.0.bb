@@ -84,10 +84,11 @@ FILES:${PN} += "${PYTHON_SITEPACKAGES_DIR}/ota_build ${sysconfdir}/ota-agent.jso
                 ${systemd_system_unitdir}/ota-agent.service ${sysconfdir}/init.d/ota-agent"
 CONFFILES:${PN} = "${sysconfdir}/ota-agent.json"
 
-# python3-* provide what ota_build.device imports; openssl-bin checks signatures
+# python3-* provide what ota_build.device imports (python3-asyncio: concurrent.futures, with which
+# core.package overlaps writing and hashing the streamed payload); openssl-bin checks signatures
 # (no python3-cryptography on the device); fw_setenv switches A/B slots; with the tar.gz
 # payload the archive installer formats the inactive slot (mkfs.ext4) and mounts it.
 RDEPENDS:${PN} = "ota-record openssl-bin python3-core python3-json python3-logging python3-netclient \
-                  python3-netserver python3-crypt python3-threading python3-shell \
+                  python3-netserver python3-crypt python3-threading python3-shell python3-asyncio \
                   ${@'libubootenv-bin' if d.getVar('OTA_AGENT_SLOTS') else ''} \
                   ${@'e2fsprogs-mke2fs python3-compression' if d.getVar('OTA_AGENT_SLOTS') and d.getVar('OTA_PAYLOAD_FSTYPE') == 'tar.gz' else ''}"
