@@ -98,9 +98,12 @@ def test_demo_journey_end_to_end(tmp_path):
     proc = run_cli("ota-build", "demo", "--workdir", str(tmp_path / "demo"), check=0)
     out = proc.stdout
     for expected in ("--createOTARecord", "--uploadOTAImage", "Image Id", "Request accepted for processing",
-                     "installed: versionNumber 1", "slot b holds the new rootfs: yes", "Done. Everything is in"):
+                     "pending-reboot: versionNumber 1", "slot b holds the new rootfs: yes", "boots slot b, BOOT_b_LEFT=2",
+                     "installed: versionNumber 1", "rolled-back: versionNumber 2", "the boot script fell back",
+                     "Done. Everything is in"):
         assert expected in out, expected
-    assert (tmp_path / "demo" / "device" / "uboot-env.txt").read_text() == "ota_slot=b\n"
+    env = (tmp_path / "demo" / "device" / "uboot-env.txt").read_text()
+    assert "BOOT_ORDER=b a\n" in env and "upgrade_available=0\n" in env
     if shutil.which("curl"):  # seed 000's file packager: the seed's curl commands, then packager-verify
         assert "packager/model.zip: OK" in proc.stdout or "model.zip: OK" in proc.stdout, proc.stdout
         assert (tmp_path / "demo" / "packager" / "extracted" / "model.pkl").exists()

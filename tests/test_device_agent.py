@@ -7,15 +7,17 @@ import hashlib
 import json
 import logging
 import threading
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 import requests
 
 from ota_build.core.config import load_config
 from ota_build.device.agent import Agent
+from ota_build.device.bootsim import boot
 from ota_build.device.config import load_agent_config
 from ota_build.device.localapi import LocalApi
 from ota_build.core.errors import ConfigError
@@ -36,13 +38,16 @@ def make_device(tmp: Path, server_url: str, token: str, public_key: str, device_
     (root / "slot-a.img").write_bytes(b"ACTIVE-ROOTFS" * 100)
     (root / "slot-b.img").write_bytes(b"")
     (root / "bootenv").write_text("ota_slot=a\n")
+    (root / "cmdline").write_text("console=ttyS0,115200 root=/dev/mmcblk0p2 ota.slot=a\n")
+    (root / "boot_id").write_text(str(uuid.uuid4()) + "\n")
     cfg = load_config_for_record(tmp)
     write_record(new_record(cfg, 1, version_number=running_version_number), str(root / "etc" / "full_ota_record.json"))
     (root / "etc" / "ota.pub.pem").write_bytes(Path(public_key).read_bytes())
     conf = {
         "device": device_id, "description": "simulated SAMA5D2", "server": server_url, "deviceToken": token,
         "deviceTypeId": device_type, "publicKeys": ["etc/ota.pub.pem"], "record": "etc/full_ota_record.json",
-        "stateDir": "var/lib/ota-agent", "flask": {"host": "127.0.0.1", "port": 0}, "token": "local-secret",
+        "stateDir": "var/lib/ota-agent", "cmdline": "cmdline", "bootIdFile": "boot_id",
+        "flask": {"host": "127.0.0.1", "port": 0}, "token": "local-secret",
         "installer": {"type": "ab", "slots": {"a": "slot-a.img", "b": "slot-b.img"},
                       "bootEnv": {"tool": "file", "file": str(root / "bootenv")}},
         "packages": [{"package": "Potenco-test", "BeforeUpdate": f"echo before > {root}/before.txt",
@@ -53,6 +58,26 @@ def make_device(tmp: Path, server_url: str, token: str, public_key: str, device_
     path = root / "ota-agent.json"
     path.write_text(json.dumps(conf, indent=2))
     return path
+
+
+def reboot(conf: Path) -> str:
+    """A simulated reboot of the device: the boot script's model (bootsim) picks the slot and updates the
+    saved environment; the kernel command line names the slot; a new boot id. Returns the slot."""
+    root = conf.parent
+    env_file = root / "bootenv"
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    slot, saved, _ = boot(env, ["a", "b"])
+    if saved != env:
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in saved.items()))
+    (root / "cmdline").write_text(f"console=ttyS0,115200 ota.slot={slot}\n")
+    (root / "boot_id").write_text(str(uuid.uuid4()) + "\n")
+    return slot
+
+
+def bootenv(conf: Path) -> Dict[str, str]:
+    """The simulated device's boot environment file as a dict."""
+    text = (conf.parent / "bootenv").read_text()
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 def load_config_for_record(tmp: Path):
@@ -71,16 +96,22 @@ def slots(conf: Path) -> Dict[str, bytes]:
 
 # --------------------------------------------------------------------------- the journey on the real server
 
-def publish_with_seed_tools(p: Partner, key: str) -> Dict[str, Any]:
-    """The seed's flow: --createOTARecord, package, --uploadOTAImage, --list; returns the image row."""
+def publish_with_seed_tools(p: Partner, key: str, payload: Optional[bytes] = None, build: int = 2) -> Dict[str, Any]:
+    """The seed's flow: --createOTARecord, package, --uploadOTAImage, --list; returns the image row.
+
+    The payload is a sample rootfs tarball, or ``payload`` (e.g. a raw filesystem image)."""
     env = p.env
-    run_cli("partner-ota-hub-uploader", "-c", str(p.conf), "-s", "-n", "2", "-d", "--createOTARecord",
+    run_cli("partner-ota-hub-uploader", "-c", str(p.conf), "-s", "-n", str(build), "-d", "--createOTARecord",
             cwd=p.dir, env=env, check=0)
     record = json.loads((p.dir / "full_ota_record.json").read_text())
-    rootfs = make_sample_rootfs(str(p.dir / "rootfs.tar.gz"), {"etc/version": record["version"].encode()})
+    if payload is None:
+        rootfs = make_sample_rootfs(str(p.dir / "rootfs.tar.gz"), {"etc/version": record["version"].encode()})
+    else:
+        rootfs = str(p.dir / f"payload-{build}.img")
+        Path(rootfs).write_bytes(payload)
     run_cli("ota-build", "package", rootfs, "-r", str(p.dir / "full_ota_record.json"), "-k", key,
             "-o", str(p.dir / "hub_update.bin"), check=0)
-    run_cli("partner-ota-hub-uploader", "-c", str(p.conf), "-s", "-n", "2", "-d", "--uploadOTAImage",
+    run_cli("partner-ota-hub-uploader", "-c", str(p.conf), "-s", "-n", str(build), "-d", "--uploadOTAImage",
             cwd=p.dir, env=env, check=0)
     listing = run_cli("partner-ota-hub-deploy", "-c", str(p.conf), "--list", cwd=p.dir, env=env, check=0).stdout
     row = next(line.split() for line in listing.splitlines() if record["version"] in line)
@@ -100,12 +131,14 @@ def test_journey_deploy_install_report(server, partner, keys, tmp_path, caplog):
     before = slots(conf)
     caplog.set_level(logging.INFO)
     outcome = agent.check_once()
-    assert outcome.state == "installed", outcome
-    assert outcome.version_number == int(published["record"]["versionNumber"])
+    assert outcome.state == "pending-reboot", outcome
+    vn = int(published["record"]["versionNumber"])
+    assert outcome.version_number == vn
     after = slots(conf)
     assert after["a"] == before["a"]                                   # active slot untouched
     assert after["b"] == Path(published["rootfs"]).read_bytes()        # image written to the inactive slot
-    assert after["boot"] == b"ota_slot=b\n"                             # boot slot switched
+    # boot slot switched (the contract's variables and the legacy one, one write)
+    assert after["boot"] == b"ota_slot=b\nBOOT_ORDER=b a\nBOOT_b_LEFT=3\nupgrade_available=1\nbootcount=0\n"
     assert (conf.parent / "before.txt").exists() and (conf.parent / "after.txt").exists()
     hdr = conf.parent / "var/lib/ota-agent/ota_type_5.hdr"
     assert hdr.read_bytes()[0] == 5 and len(hdr.read_bytes()) == 216
@@ -113,33 +146,27 @@ def test_journey_deploy_install_report(server, partner, keys, tmp_path, caplog):
     devices = requests.get(f"{server.url}/v1/ota/partners/{partner.partner_id}/devices",
                            headers={"Authorization": f"Bearer {partner.api_token()}"}, timeout=30).json()
     dev = next(d for d in devices if d["deviceId"] == "dev-1")
-    assert dev["state"] == "installed" and str(dev["versionNumber"]) == published["record"]["versionNumber"]
-    # Replay: the same image is not installed twice.
-    assert agent.check_once().state == "no-update"
+    assert dev["state"] == "pending-reboot" and str(dev["versionNumber"]) == published["record"]["versionNumber"]
+    # Until the reboot nothing more happens (the same image is not installed twice).
+    assert agent.check_once().state == "pending-reboot"
     assert slots(conf) == after
-
-
-def test_interrupted_download_resumes(server, partner, keys, tmp_path, caplog):
-    key = keys["ed25519"]
-    published = publish_with_seed_tools(partner, key["private"])
-    token = partner.device("dev-r")
-    run_cli("partner-ota-hub-deploy", "-c", str(partner.conf), "-d", "dev-r", "-i", published["imageId"],
-            cwd=partner.dir, env=partner.env, check=0)
-    conf = make_device(tmp_path, server.url, token, key["public"], device_id="dev-r", device_type=partner.device_type)
-    agent = Agent(load_agent_config(str(conf)))
-    offer = agent.api.check(5, 0)
-    state = conf.parent / "var/lib/ota-agent"
-    state.mkdir(parents=True, exist_ok=True)
-    assert offer is not None
-    full = requests.get(server.url + offer.url, headers={"Authorization": f"Bearer {token}"}, timeout=30).content
-    assert hashlib.sha256(full).hexdigest() == offer.sha256
-    # A download cut off half-way, as a dropped connection leaves it.
-    (state / "hub_update.bin.part").write_bytes(full[: len(full) // 2])
-    (state / "download.json").write_text(json.dumps({"imageId": offer.image_id, "sha256": offer.sha256,
-                                                     "size": offer.size}))
-    caplog.set_level(logging.INFO)
-    assert agent.check_once().state == "installed"
-    assert f"resuming download at byte {len(full) // 2}" in caplog.text
+    # The reboot: the boot script tries slot b (one attempt used); the agent's health check passes
+    # (it reached the server), it commits and reports installed.
+    assert reboot(conf) == "b"
+    assert bootenv(conf)["BOOT_b_LEFT"] == "2" and bootenv(conf)["bootcount"] == "1"
+    outcome = agent.check_once()
+    assert outcome.state == "installed" and outcome.version_number == vn, outcome
+    env = bootenv(conf)
+    assert env["upgrade_available"] == "0" and env["bootcount"] == "0" and env["BOOT_b_LEFT"] == "3"
+    devices = requests.get(f"{server.url}/v1/ota/partners/{partner.partner_id}/devices",
+                           headers={"Authorization": f"Bearer {partner.api_token()}"}, timeout=30).json()
+    dev = next(d for d in devices if d["deviceId"] == "dev-1")
+    assert dev["state"] == "installed" and str(dev["versionNumber"]) == published["record"]["versionNumber"]
+    # A committed system boots without writing the environment; replay is refused.
+    committed = slots(conf)
+    assert reboot(conf) == "b" and slots(conf)["boot"] == committed["boot"]
+    assert agent.check_once().state == "no-update"
+    assert slots(conf)["b"] == committed["b"] and slots(conf)["a"] == committed["a"]
 
 
 def test_device_token_cannot_deploy(server, partner, keys):
@@ -237,8 +264,14 @@ def test_hostile_server_images_are_refused(case, keys, other_key, tmp_path, capl
         assert outcome.state == "rejected"
         assert outcome.message.startswith(reason), outcome.message
         assert outcome.exit_code >= 10
-        assert slots(conf) == before                                    # slots and boot choice untouched
-        assert not (conf.parent / "before.txt").exists()                # no hook ran
+        after = slots(conf)
+        assert after["a"] == before["a"] and after["boot"] == before["boot"]   # active slot and boot choice untouched
+        if case != "tampered":  # refused from the header: nothing was written, no hook ran
+            assert after == before
+            assert not (conf.parent / "before.txt").exists()
+        else:  # found after streaming: the inactive slot is marked bad, the boot choice untouched
+            state = json.loads((conf.parent / "var/lib/ota-agent/state.json").read_text())
+            assert state["badSlots"] == {"b": 50} and "pending" not in state
         assert "refused the image" in caplog.text and reason in caplog.text
         assert hostile.reports[-1]["state"] == "rejected"
         leftovers = sorted(p.name for p in (conf.parent / "var/lib/ota-agent").iterdir())
@@ -252,7 +285,7 @@ def test_downgrade_allowed_only_when_configured(keys, tmp_path):
     try:
         conf = make_device(tmp_path, hostile.url, "t", keys["ed25519"]["public"], device_id="dev-h",
                            running_version_number=10, allowDowngrade=True)
-        assert Agent(load_agent_config(str(conf))).check_once().state == "installed"
+        assert Agent(load_agent_config(str(conf))).check_once().state == "pending-reboot"
     finally:
         hostile.close()
 
@@ -301,7 +334,7 @@ def test_local_api_needs_token(keys, tmp_path):
             assert resp.status_code == 202
             api.worker.join(30)
             info = requests.get(base + "/getInfo", headers=auth, timeout=10).json()
-            assert info["info"]["lastState"] == "installed" and info["info"]["versionNumber"] == "50"
+            assert info["info"]["lastState"] == "pending-reboot" and info["info"]["versionNumber"] == "50"
         finally:
             api.shutdown()
     finally:
@@ -345,6 +378,14 @@ def test_agent_config_command_for_images(tmp_path):
     run_cli("ota-build", "agent-config", "--server", "http://10.0.0.1:8080", "--device-type", "dt",
             "--public-key", "/k.pem", "--command", "/sbin/sysupgrade {image}", "-o", str(out), check=0)
     assert json.loads(out.read_text())["installer"] == {"type": "command", "command": ["/sbin/sysupgrade", "{image}"]}
+    # The seed's tar.gz payload with slots: the archive installer; boot limit and health check passed on.
+    run_cli("ota-build", "agent-config", "--server", "https://ota.example.com", "--device-type", "dt-1",
+            "--public-key", "/k.pem", "--slot", "a=/dev/mmcblk0p2", "--slot", "b=/dev/mmcblk0p3",
+            "--payload-fstype", "tar.gz", "--boot-limit", "5", "--health-check", "/usr/bin/check-app --quick",
+            "-o", str(out), check=0)
+    doc = json.loads(out.read_text())
+    assert doc["installer"]["type"] == "archive" and doc["bootLimit"] == 5
+    assert doc["healthCheck"] == ["/usr/bin/check-app", "--quick"]
     proc = run_cli("ota-build", "agent-config", "--server", "ftp://x", "--device-type", "dt", "--public-key", "/k.pem",
                    "--command", "x", "-o", str(out))
     assert proc.returncode == 2 and "field 'server'" in proc.stderr

@@ -142,7 +142,7 @@ def test_configured_download_origin_gets_no_token(servers, keys, tmp_path):
     main = servers(device_server(image, 50, url=other.url + "/cdn/hub_update.bin"))
     conf = make_device(tmp_path, main.url, "SECRET-DEVICE-TOKEN", keys["ed25519"]["public"], device_id="dev-h",
                        downloadOrigins=[other.url])
-    assert Agent(load_agent_config(str(conf))).check_once().state == "installed"
+    assert Agent(load_agent_config(str(conf))).check_once().state == "pending-reboot"
     assert other.gets("/cdn/hub_update.bin")                   # the image came from there ...
     assert other.authorised() == []                            # ... without the device token
     assert "/v1/devices/dev-h/update" in main.authorised()[0]  # the server still gets it
@@ -154,7 +154,7 @@ def test_redirect_to_another_origin_drops_the_token(servers, keys, tmp_path):
     main = servers(device_server(image, 50, redirect=other.url + "/cdn/hub_update.bin"))
     conf = make_device(tmp_path, main.url, "SECRET-DEVICE-TOKEN", keys["ed25519"]["public"], device_id="dev-h",
                        downloadOrigins=[other.url])
-    assert Agent(load_agent_config(str(conf))).check_once().state == "installed"
+    assert Agent(load_agent_config(str(conf))).check_once().state == "pending-reboot"
     assert main.gets("/images/7") and "/v1/devices/dev-h/images/7" in main.authorised()  # first hop: the server
     assert other.gets("/cdn/") and other.authorised() == []                               # second hop: no token
 
@@ -184,7 +184,7 @@ def test_redirect_on_the_same_origin_keeps_the_token(servers, keys, tmp_path):
 
     main = servers(route)
     conf = make_device(tmp_path, main.url, "SECRET-DEVICE-TOKEN", keys["ed25519"]["public"], device_id="dev-h")
-    assert Agent(load_agent_config(str(conf))).check_once().state == "installed"
+    assert Agent(load_agent_config(str(conf))).check_once().state == "pending-reboot"
     assert "/blobs/abc" in main.authorised()
 
 
@@ -352,7 +352,7 @@ def test_installers_refuse_empty_and_oversized_payloads(tmp_path):
     fits.write_bytes(os.urandom(4000))
     inst.install(str(fits), hashlib.sha256(fits.read_bytes()).digest())
     assert b.read_bytes()[:4000] == fits.read_bytes() and len(b.read_bytes()) == 4096  # written in place
-    assert env.read_text() == "ota_slot=b\n"
+    assert env.read_text().startswith("ota_slot=b\nBOOT_ORDER=b a\n")
     with pytest.raises(InstallError, match="empty"):
         CommandInstaller(["/bin/true"]).install(str(empty), hashlib.sha256(b"").digest())
 

@@ -9,7 +9,11 @@ import subprocess
 
 import pytest
 
+from ota_build.device import bootsim
 from ota_build.device.installers import ABInstaller, BootEnv, CommandInstaller, InstallError
+
+
+SWITCHED_TO_B = "BOOT_ORDER=b a\nBOOT_b_LEFT=3\nupgrade_available=1\nbootcount=0\n"
 
 
 def sha(path) -> bytes:
@@ -41,7 +45,8 @@ def test_ab_writes_inactive_slot_and_switches_file_env(tmp_path, payload):
     assert res.slot == "b"
     assert b.read_bytes()[:payload.stat().st_size] == payload.read_bytes()
     assert a.read_bytes() == a_before
-    assert env.read_text() == "other=1\nota_slot=b\n"
+    # One write: the legacy variable and the A/B boot contract's variables (docs/agent.md).
+    assert env.read_text() == "other=1\nota_slot=b\n" + SWITCHED_TO_B
     # The next update goes to the other slot.
     assert inst.inactive_slot() == "a"
 
@@ -67,7 +72,7 @@ def test_ab_read_back_mismatch_does_not_switch(tmp_path, payload):
     env = tmp_path / "bootenv.txt"
     env.write_text("ota_slot=a\n")
     inst = ABInstaller({"a": str(a), "b": str(b)}, BootEnv({"tool": "file", "file": str(env)}))
-    with pytest.raises(InstallError, match="read back"):
+    with pytest.raises(InstallError, match="different SHA-256"):
         inst.install(str(payload), hashlib.sha256(b"something else").digest())
     assert env.read_text() == "ota_slot=a\n"
 
@@ -92,6 +97,20 @@ def test_ab_with_real_uboot_environment(tmp_path, payload):
     assert b.read_bytes()[:payload.stat().st_size] == payload.read_bytes()
     out = subprocess.run(["fw_printenv", "-c", str(conf), "-n", "bootdelay"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"  # the rest of the environment is kept
+    env = boot.read_all()
+    assert {k: env[k] for k in ("BOOT_ORDER", "BOOT_b_LEFT", "upgrade_available", "bootcount")} == \
+        {"BOOT_ORDER": "b a", "BOOT_b_LEFT": "3", "upgrade_available": "1", "bootcount": "0"}
+    # The boot script's model boots b (one attempt used), the agent commits: one fw_setenv -s each.
+    slot, saved, _ = bootsim.boot(env, ["a", "b"], "bootpart", {"a": "0:3", "b": "0:4"})
+    assert slot == "b"
+    boot.update({k: v for k, v in saved.items() if env.get(k) != v})
+    boot.commit("b", 3)
+    env = boot.read_all()
+    assert (env["upgrade_available"], env["bootcount"], env["BOOT_b_LEFT"], env["BOOT_ORDER"]) == ("0", "0", "3", "b a")
+    # A tool that does not understand the script format is caught, not trusted.
+    wrong = BootEnv({"tool": "fw_setenv", "variable": "bootpart", "fwEnvConfig": str(conf), "fwScriptSeparator": " "})
+    with pytest.raises(InstallError, match="did not set upgrade_available"):
+        wrong.update({"upgrade_available": "1"})
 
 
 def test_command_installer(tmp_path, payload):

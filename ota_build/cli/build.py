@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from typing import Optional, Sequence
 
@@ -121,7 +122,9 @@ def cmd_agent_config(args: argparse.Namespace) -> int:
     doc = build_agent_config(args.server, args.device_type, args.public_key, ota_type=args.type, slots=args.slot,
                              boot_variable=args.boot_variable, boot_values=args.boot_value,
                              command=args.command.split() if args.command else None, poll_interval=args.poll_interval,
-                             local_port=args.local_port, description=args.description)
+                             local_port=args.local_port, description=args.description, boot_limit=args.boot_limit,
+                             health_check=shlex.split(args.health_check) if args.health_check else None,
+                             payload_fstype=args.payload_fstype)
     atomic_write_text(args.output, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     print(args.output)
     return 0
@@ -246,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boot-value", action="append", metavar="NAME=VALUE",
                    help="value of the boot variable for a slot, e.g. a=0:2 (default: the slot name)")
     p.add_argument("--command", help="command installer, {image} is the payload path (e.g. '/sbin/sysupgrade {image}')")
+    p.add_argument("--payload-fstype", default="",
+                   help="the image's payload type (OTA_PAYLOAD_FSTYPE): with slots, tar.gz selects the archive installer "
+                        "(fresh filesystem, unpack), anything else the raw-image A/B installer")
+    p.add_argument("--boot-limit", type=int, default=3,
+                   help="boot attempts of a new slot before the boot script falls back (1-9, default: 3)")
+    p.add_argument("--health-check", default="",
+                   help="command run after the first boot of a new slot; exit 0 commits it (default: the agent "
+                        "reached the server)")
     p.add_argument("--poll-interval", type=int, default=300, help="seconds between checks (default: 300)")
     p.add_argument("--local-port", type=int, default=5000, help="local API port on loopback (default: 5000)")
     p.add_argument("--description", default="", help="device description")

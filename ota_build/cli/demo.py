@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from ota_build.core.errors import OtaError
 from ota_build.core.files import atomic_write_text
@@ -63,8 +63,9 @@ class Demo:
         self.n += 1
         print(f"\n[{self.n}] {text}", flush=True)
 
-    def run(self, *argv: str, cwd: Optional[str] = None, show: bool = True) -> str:
-        """Run a command as a user would, echoing it; DemoError with its one-line error if it fails."""
+    def run(self, *argv: str, cwd: Optional[str] = None, show: bool = True, ok: Tuple[int, ...] = (0,)) -> str:
+        """Run a command as a user would, echoing it; DemoError with its one-line error if it exits with a code
+        not in ``ok``."""
         cmd = [self.tool(argv[0])] + list(argv[1:])
         if show:
             print("    $ " + " ".join(shlex.quote(a) for a in [argv[0], *argv[1:]]), flush=True)
@@ -73,7 +74,7 @@ class Demo:
         if show and proc.stdout.strip():
             for line in proc.stdout.rstrip().splitlines():
                 print("      " + line)
-        if proc.returncode != 0:
+        if proc.returncode not in ok:
             err = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
             raise DemoError(f"'{argv[0]} {argv[1] if len(argv) > 1 else ''}' failed: {err}")
         return proc.stdout
@@ -147,15 +148,24 @@ class Demo:
         write_record(factory, os.path.join(root, "etc", "full_ota_record.json"))
         with open(pub, "rb") as src, open(os.path.join(root, "etc", "ota-signing.pub.pem"), "wb") as dst:
             dst.write(src.read())
-        with open(os.path.join(root, "slot-a.img"), "wb") as fh:
+        with open(os.path.join(root, "slot-a.img"), "wb") as fh:  # two 1 MiB "partitions"
             fh.write(b"factory rootfs (running)\n" * 64)
-        open(os.path.join(root, "slot-b.img"), "wb").close()
+            fh.truncate(1 << 20)
+        with open(os.path.join(root, "slot-b.img"), "wb") as fh:
+            fh.truncate(1 << 20)
         atomic_write_text(os.path.join(root, "uboot-env.txt"), "ota_slot=a\n")
+        atomic_write_text(os.path.join(root, "cmdline"), "console=ttyS0,115200 ota.slot=a\n")
+        atomic_write_text(os.path.join(root, "boot_id"), os.urandom(16).hex() + "\n")
+        # The health check after a reboot: the application of a broken image does not start (here: its
+        # rootfs says BROKEN). Real devices check their own services (docs/agent.md).
+        health = ("slot=$(sed -n 's/.*ota.slot=\\([A-Za-z0-9]*\\).*/\\1/p' cmdline); "
+                  "if zcat slot-$slot.img | grep -q BROKEN; then echo 'the application did not start' >&2; exit 1; fi")
         agent_conf = {
             "Comments": "Simulated device: file-backed A/B slots and a file standing in for U-Boot's environment",
             "device": "012359551bf18eba", "description": "simulated SAMA5D2", "server": url,
             "deviceToken": token, "deviceTypeId": device_type, "publicKeys": ["etc/ota-signing.pub.pem"],
             "record": "etc/full_ota_record.json", "stateDir": "var/lib/ota-agent",
+            "cmdline": "cmdline", "bootIdFile": "boot_id", "healthCheck": ["sh", "-c", f"cd {root} && {health}"],
             "flask": {"host": "127.0.0.1", "port": 0}, "token": "demo-local-token",
             "installer": {"type": "ab", "slots": {"a": os.path.join(root, "slot-a.img"),
                                                   "b": os.path.join(root, "slot-b.img")},
@@ -205,23 +215,86 @@ class Demo:
             self.run("ota-agent", "-c", device_conf, "once")
             self.step(f"deploy image {image_id} to the device")
             self.run("partner-ota-hub-deploy", "-c", files["conf"], "-d", "012359551bf18eba", "-i", image_id)
-            self.step("the device checks, downloads, verifies, writes slot b, switches the boot slot and reports")
+            self.step("the device checks, verifies the header, streams the image into slot b while hashing it, "
+                      "switches the boot slot and reports")
+            self.run("ota-agent", "-c", device_conf, "once")
+            self.run("ota-build", "devices", "-c", files["conf"])
+            root = os.path.dirname(device_conf)
+            with open(os.path.join(root, "slot-b.img"), "rb") as a, open(files["rootfs"], "rb") as b:
+                new = b.read()
+                same = a.read(len(new)) == new
+            print(f"      slot b holds the new rootfs: {'yes' if same else 'NO'}")
+            self.reboot(root)
+            self.step("after the reboot: the health check passes, the agent commits and reports installed")
             self.run("ota-agent", "-c", device_conf, "once")
             self.step("final state, as the server shows it")
             self.run("ota-build", "devices", "-c", files["conf"])
-            root = os.path.dirname(device_conf)
-            with open(os.path.join(root, "uboot-env.txt"), encoding="utf-8") as fh:
-                boot = fh.read().strip()
-            with open(os.path.join(root, "slot-b.img"), "rb") as a, open(files["rootfs"], "rb") as b:
-                same = a.read() == b.read()
-            print(f"      device boot environment: {boot}; slot b holds the new rootfs: {'yes' if same else 'NO'}")
-            if not same or boot != "ota_slot=b":
+            boot = self.boot_env(root)
+            print(f"      device boot environment: {' '.join(f'{k}={v}' for k, v in boot.items())}")
+            if not same or boot.get("ota_slot") != "b" or boot.get("upgrade_available") != "0":
                 raise DemoError("the device did not end up on the new image")
+            self.broken_image(files, device_conf, root)
             self.file_packager(url, pid)
         finally:
             self.stop_server()
         self.summary(files)
         return 0
+
+    # ------------------------------------------------------------------ reboots (the boot script's model)
+    @staticmethod
+    def boot_env(root: str) -> Dict[str, str]:
+        """The simulated device's boot environment (a KEY=value file standing in for U-Boot's)."""
+        with open(os.path.join(root, "uboot-env.txt"), encoding="utf-8") as fh:
+            return dict(line.rstrip("\n").split("=", 1) for line in fh if "=" in line)
+
+    def reboot(self, root: str) -> str:
+        """A simulated power cycle: bootsim (the boot script's rules) picks the slot and updates the environment."""
+        from ota_build.device.bootsim import boot
+
+        env = self.boot_env(root)
+        slot, saved, volatile = boot(env, ["a", "b"])
+        if saved != env:
+            atomic_write_text(os.path.join(root, "uboot-env.txt"), "".join(f"{k}={v}\n" for k, v in saved.items()))
+        atomic_write_text(os.path.join(root, "cmdline"), f"console=ttyS0,115200 {volatile['bootargs']}\n")
+        atomic_write_text(os.path.join(root, "boot_id"), os.urandom(16).hex() + "\n")
+        tries = f", BOOT_{slot}_LEFT={saved.get(f'BOOT_{slot}_LEFT')}" if saved.get("upgrade_available") == "1" else ""
+        back = " (the boot script fell back: the new slot used up its attempts)" if \
+            env.get("upgrade_available") == "1" and saved.get("upgrade_available") == "0" else ""
+        self.step(f"simulated reboot (the boot script's rules, ota_build.device.bootsim): boots slot {slot}{tries}{back}")
+        return slot
+
+    def broken_image(self, files: Dict[str, str], device_conf: str, root: str) -> None:
+        """A second image whose application never starts: booted bootLimit times without a commit, rolled back."""
+        self.step("a second, broken image (its application does not start): record, package, upload, deploy")
+        kept = {name: files[name] + ".good" for name in ("record", "bin")}  # the summary lists the good image
+        for name, copy in kept.items():
+            os.replace(files[name], copy)
+        self.run("partner-ota-hub-uploader", "-c", files["conf"], "-s", "-n", "3", "-d", "--createOTARecord")
+        with open(files["record"], encoding="utf-8") as fh:
+            record = json.load(fh)
+        broken = make_sample_rootfs(os.path.join(self.workdir, "core-image-minimal-broken.rootfs.tar.gz"),
+                                    {"etc/issue": b"meta-ota demo BROKEN build\n"})
+        broken_bin = os.path.join(self.workdir, "hub_update-broken.bin")
+        self.run("ota-build", "package", broken, "-r", files["record"], "-k", files["key"], "-o", broken_bin)
+        shutil.copy(broken_bin, files["bin"])  # the uploader sends imageFiles.A (hub_update.bin)
+        self.run("partner-ota-hub-uploader", "-c", files["conf"], "-s", "-n", "3", "-d", "--uploadOTAImage")
+        listing = self.run("partner-ota-hub-deploy", "-c", files["conf"], "--list", show=False)
+        image_id = next(line.split()[0] for line in listing.splitlines() if record["version"] in line.split())
+        self.run("partner-ota-hub-deploy", "-c", files["conf"], "-d", "012359551bf18eba", "-i", image_id)
+        for name, copy in kept.items():
+            os.replace(copy, files[name])
+        self.step("the device installs it into slot a (the inactive one now) and switches")
+        self.run("ota-agent", "-c", device_conf, "once")
+        while self.reboot(root) == "a":
+            self.run("ota-agent", "-c", device_conf, "once", ok=(1,))
+        self.step("back on slot b: the agent reports rolled-back with the failed versionNumber")
+        self.run("ota-agent", "-c", device_conf, "once", ok=(1,))
+        self.run("ota-build", "devices", "-c", files["conf"])
+        self.step("the server still offers it, but the device does not install a rolled-back version again")
+        self.run("ota-agent", "-c", device_conf, "once")
+        env = self.boot_env(root)
+        if env.get("BOOT_ORDER", "").split()[:1] != ["b"] or env.get("upgrade_available") != "0":
+            raise DemoError("the device did not fall back to slot b")
 
     def seed_curl(self, command: str, cwd: str, host: str) -> str:
         """One of seed 000's curl commands, run by ``sh`` with ``HOST`` in the environment (the token is not echoed)."""

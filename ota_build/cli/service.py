@@ -261,9 +261,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(devices)
         return 0
-    print(f"{'Device':<24} {'Group':<12} {'State':<12} {'versionNumber':<14} Message")
+    print(f"{'Device':<24} {'Group':<12} {'State':<14} {'versionNumber':<14} Message")
     for d in devices:
-        print(f"{d['deviceId']:<24} {d.get('group') or '':<12} {d.get('state') or '-':<12} "
+        print(f"{d['deviceId']:<24} {d.get('group') or '':<12} {d.get('state') or '-':<14} "
               f"{d.get('versionNumber') or '':<14} {d.get('message') or ''}")
     return 0
 

@@ -130,12 +130,13 @@ def ensure_dir(path: PathLike, what: str) -> None:
         raise UsageError(f"{what}: cannot create directory {path}: {exc.strerror}") from None
 
 
-def sha256_of(fh: IO[bytes], limit: "int | None" = None) -> "tuple[bytes, int]":
+def sha256_of(fh: IO[bytes], limit: "int | None" = None, into: "hashlib._Hash | None" = None) -> "tuple[bytes, int]":
     """SHA-256 of the next ``limit`` bytes of ``fh`` (to its end when None): (digest, bytes read).
 
-    Reads into one reused buffer, so memory stays flat whatever the size.
+    Reads into one reused buffer, so memory stays flat whatever the size. ``into``: a running SHA-256 to
+    continue (it then holds the bytes read too).
     """
-    digest = hashlib.sha256()
+    digest = hashlib.sha256() if into is None else into
     buf = bytearray(HASH_CHUNK)
     view = memoryview(buf)
     readinto = getattr(fh, "readinto", None)

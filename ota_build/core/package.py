@@ -24,8 +24,8 @@ from ota_build.core.signing import Keyring, Signer, sign_message, verify_signatu
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PackResult", "VerifyResult", "VersionMismatchError", "check_integrity", "file_sha256", "inspect_file",
-           "package_image", "read_header", "verify_file"]
+__all__ = ["PackResult", "VerifyResult", "VersionMismatchError", "check_header", "check_integrity", "check_length",
+           "check_payload", "copy_hashing", "file_sha256", "inspect_file", "package_image", "read_header", "verify_file"]
 
 CHUNK = 1 << 20
 BUFFERS = 3
@@ -77,16 +77,19 @@ class _Writer:
             self.syncer.join()
 
 
-def _copy_hashing(src: IO[bytes], dst: Optional[IO[bytes]], limit: Optional[int], progress: Progress,
-                  durable: bool = False) -> "tuple[bytes, int]":
+def copy_hashing(src: IO[bytes], dst: Optional[IO[bytes]], limit: Optional[int], progress: Progress,
+                 durable: bool = False, digest: "Optional[hashlib._Hash]" = None) -> "tuple[bytes, int]":
     """Copy up to ``limit`` bytes (all when None) from src to dst, returning (sha256, count).
+
+    ``digest``: a running SHA-256 to continue (a resumed stream); its state includes the copied bytes after
+    the call, also when ``src`` raises (every chunk written was hashed; the count is then ``dst``'s position).
 
     One pass over the data, in a ring of ``BUFFERS`` reused buffers: this thread
     reads chunk N+1 (and writes chunk N) while a worker thread hashes chunk N
     (hashlib and the system calls release the GIL), so the time is about that
     of hashing alone. Without a destination it reads and hashes in this thread.
     """
-    digest = hashlib.sha256()
+    digest = hashlib.sha256() if digest is None else digest
     buffers = [memoryview(bytearray(CHUNK)) for _ in range(BUFFERS)]
     writer = _Writer(dst, durable) if dst is not None else None
     # Hashing alone gains nothing from a second thread (and loses to its hand-offs on a busy machine).
@@ -246,7 +249,7 @@ def package_image(image_path: str, output_path: str, signer: Signer, ota_type: i
     with src, atomic_open(output_path, durable=durable) as out:
         out.seek(length)
         copied = None if durable else _copy_range_hashing(src, out, length, progress)
-        digest, size = copied if copied is not None else _copy_hashing(src, out, None, progress, durable)
+        digest, size = copied if copied is not None else copy_hashing(src, out, None, progress, durable)
         if size == 0:  # raised inside the with: the temporary output is removed, output_path is untouched
             raise UsageError(f"{image_path}: the image is empty (0 bytes): nothing to package")
         unsigned = hdr.Header(
@@ -297,36 +300,51 @@ def verify_file(path: str, keyring: Keyring, expected_type: Optional[int] = None
     """
     with _open_input(path, "file") as fh:
         header = _read_checked_header(fh)
-        key = keyring.get(header.key_id)
-        verify_signature(key, header.sig_alg, header.signed_bytes(), header.signature, backend=backend)
-        if expected_type is not None and header.ota_type != expected_type:
-            raise WrongTypeError(f"OTA type is {header.ota_type}, expected {expected_type}")
-        if expected_version_number is not None and header.version_number != expected_version_number:
-            raise VersionMismatchError(f"the signed header says versionNumber {header.version_number}, "
-                                       f"but it was offered as {expected_version_number}")
-        if min_version_number is not None and header.version_number < min_version_number:
-            raise DowngradeError(f"versionNumber {header.version_number} is below the minimum {min_version_number}")
+        check_header(header, keyring, expected_type, min_version_number, backend, expected_version_number)
         if extract_to is None:
-            digest, count = _copy_hashing(fh, None, header.payload_length, progress)
-            _check_payload(header, digest, count)
+            digest, count = copy_hashing(fh, None, header.payload_length, progress)
+            check_payload(header, digest, count)
             return VerifyResult(header)
 
         # atomic_open removes the temporary file if the payload check raises.
         with atomic_open(extract_to, durable=durable) as out:
-            digest, count = _copy_hashing(fh, out, header.payload_length, progress, durable)
-            _check_payload(header, digest, count)
+            digest, count = copy_hashing(fh, out, header.payload_length, progress, durable)
+            check_payload(header, digest, count)
         return VerifyResult(header, extract_to)
 
 
-def _read_checked_header(fh: io.BufferedReader) -> hdr.Header:
-    """The header, after checking the file is exactly header + payload long."""
-    header = read_header(fh)
-    size = os.fstat(fh.fileno()).st_size
+def check_header(header: hdr.Header, keyring: Keyring, expected_type: Optional[int] = None,
+                 min_version_number: Optional[int] = None, backend: str = "auto",
+                 expected_version_number: Optional[int] = None) -> None:
+    """Check a parsed header as the device does, before any payload byte is used.
+
+    Order: trusted key, signature, type, versionNumber equal to ``expected_version_number`` (e.g. the
+    offer's), versionNumber at least ``min_version_number``. Raises the VerifyError of the first failure.
+    """
+    key = keyring.get(header.key_id)
+    verify_signature(key, header.sig_alg, header.signed_bytes(), header.signature, backend=backend)
+    if expected_type is not None and header.ota_type != expected_type:
+        raise WrongTypeError(f"OTA type is {header.ota_type}, expected {expected_type}")
+    if expected_version_number is not None and header.version_number != expected_version_number:
+        raise VersionMismatchError(f"the signed header says versionNumber {header.version_number}, "
+                                   f"but it was offered as {expected_version_number}")
+    if min_version_number is not None and header.version_number < min_version_number:
+        raise DowngradeError(f"versionNumber {header.version_number} is below the minimum {min_version_number}")
+
+
+def check_length(header: hdr.Header, size: int) -> None:
+    """TruncatedError/CorruptError unless a file of ``size`` bytes is exactly header + payload long."""
     expected = header.header_length + header.payload_length
     if size < expected:
         raise TruncatedError(f"file is {size} bytes; the header announces {expected}")
     if size > expected:
         raise CorruptError(f"file is {size} bytes; the header announces {expected} (trailing data)")
+
+
+def _read_checked_header(fh: io.BufferedReader) -> hdr.Header:
+    """The header, after checking the file is exactly header + payload long."""
+    header = read_header(fh)
+    check_length(header, os.fstat(fh.fileno()).st_size)
     return header
 
 
@@ -337,12 +355,13 @@ def check_integrity(path: str) -> hdr.Header:
     """
     with _open_input(path, "file") as fh:
         header = _read_checked_header(fh)
-        digest, count = _copy_hashing(fh, None, header.payload_length, None)
-        _check_payload(header, digest, count)
+        digest, count = copy_hashing(fh, None, header.payload_length, None)
+        check_payload(header, digest, count)
     return header
 
 
-def _check_payload(header: hdr.Header, digest: bytes, count: int) -> None:
+def check_payload(header: hdr.Header, digest: bytes, count: int) -> None:
+    """TruncatedError/CorruptError unless ``count`` bytes with SHA-256 ``digest`` are the header's payload."""
     if count != header.payload_length:
         raise TruncatedError(f"payload is {count} bytes; the header announces {header.payload_length}")
     if digest != header.payload_sha256:

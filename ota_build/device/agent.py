@@ -16,25 +16,31 @@ an image URL elsewhere is fetched without it, and only from an origin listed in
 
 from __future__ import annotations
 
+import http.client
+import io
 import json
 import logging
 import os
 import re
+import shutil
+import signal
 import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import IO, Any, Dict, Iterable, Optional, Set, Tuple, cast
 
 from ota_build.core.errors import CorruptError, OtaError, ServerError, VerifyError
 from ota_build.core.files import atomic_write_bytes, atomic_write_text, file_sha256
-from ota_build.core.package import verify_file
+from ota_build.core import header as hdr
+from ota_build.core.package import check_header, check_length, verify_file
 from ota_build.core.record import load_record
 from ota_build.core.signing import Keyring
 from ota_build.device.config import AgentConfig
-from ota_build.device.installers import InstallError, make_installer
+from ota_build.device.archive import make_installer
+from ota_build.device.installers import InstallError, SlotInstaller
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,16 @@ class EmptyPayloadError(CorruptError):
     """The verified image carries an empty payload: there is nothing to install."""
 
     reason = "empty-payload"
+
+
+def fault(point: str) -> None:
+    """Test hook: ``OTA_AGENT_FAULT=<point>`` kills the agent there with SIGKILL (a simulated power loss).
+
+    Points: ``after-write`` (slot written and verified, not switched), ``after-switch`` (boot environment
+    switched, the agent's state not yet updated), ``after-commit`` (committed, not yet reported)."""
+    if os.environ.get("OTA_AGENT_FAULT") == point:
+        log.warning("OTA_AGENT_FAULT=%s: killing the agent here", point)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def url_origin(url: str) -> Origin:
@@ -180,6 +196,8 @@ class ServerApi:
         self.origin = url_origin(self.base)
         self.download_origins = {url_origin(o) for o in download_origins}
         self.opener = urllib.request.build_opener(_OriginRedirectHandler(self))
+        self.retries = 5      # a dropped download is resumed this many times in a row
+        self.backoff = 0.5    # seconds before the first retry, doubled for each next one
 
     def resolve(self, url: str) -> str:
         """An absolute URL: a path (``/...``) is on the server."""
@@ -244,54 +262,110 @@ class ServerApi:
         except ServerError as exc:
             log.warning("could not report state %s: %s", state, exc)
 
-    def download(self, url: str, dest: str, size: int, retries: int = 5, backoff: float = 0.5) -> None:
-        """Download ``url`` to ``dest``, resuming what ``dest`` already holds.
+    def stream(self, url: str, start: int, end: int) -> "RangeStream":
+        """Bytes ``start``..``end`` of ``url`` as a file-like stream that resumes a dropped connection."""
+        return RangeStream(self, url, start, end, self.retries, self.backoff)
+
+    def download(self, url: str, dest: str, size: int) -> None:
+        """Download ``url`` to ``dest``, resuming what ``dest`` already holds (the command installer's path).
 
         An OriginError (the URL or a redirect leaves the allowed origins) is raised at once, not retried.
         """
-        attempt = 0
+        have = os.path.getsize(dest) if os.path.exists(dest) else 0
+        if have > size:
+            os.unlink(dest)
+            have = 0
+        with self.stream(url, have, size) as src, open(dest, "r+b" if have else "wb") as out:
+            out.seek(have)
+            shutil.copyfileobj(src, out, CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
+
+
+class RangeStream(io.RawIOBase):
+    """Bytes ``start``..``end`` of an image URL, read as a file; a dropped connection (reset, timeout, a body
+    that ends early) is reopened with ``Range: bytes=<position>-`` and reading goes on, up to ``retries``
+    times in a row with exponential back-off. A server that ignores ``Range`` (200) is read up to the
+    position again. An OriginError is raised at once."""
+
+    def __init__(self, api: ServerApi, url: str, start: int, end: int, retries: int = 5, backoff: float = 0.5):
+        super().__init__()
+        self.api, self.url, self.pos, self.end = api, url, start, end
+        self.retries, self.backoff = retries, backoff
+        self.resp: Any = None
+        self.failures = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _connect(self) -> None:
+        headers = {"Range": f"bytes={self.pos}-"} if self.pos else {}
+        resp = self.api._open(self.api._request("GET", self.url, headers=headers))
+        if self.pos and resp.status != 206:
+            log.info("server ignored the Range request; reading up to byte %d again", self.pos)
+            skip = self.pos
+            while skip:
+                got = resp.read(min(CHUNK, skip))
+                if not got:
+                    raise ServerError(f"GET {self.url}: the body ended at byte {self.pos - skip}")
+                skip -= len(got)
+        elif self.pos:
+            start = resp.headers.get("Content-Range", "").split(" ")[-1].split("-")[0]
+            if start != str(self.pos):
+                resp.close()
+                raise ServerError(f"GET {self.url}: Content-Range {resp.headers.get('Content-Range')!r} "
+                                  f"does not start at {self.pos}")
+            log.info("resuming download at byte %d of %d", self.pos, self.end)
+        self.resp = resp
+
+    def _drop(self, exc: BaseException) -> None:
+        if self.resp is not None:
+            self.resp.close()
+            self.resp = None
+        self.failures += 1
+        if self.failures > self.retries:
+            raise ServerError(f"download failed after {self.retries} retries: {exc}") from None
+        delay = self.backoff * 2 ** (self.failures - 1)
+        log.warning("download interrupted at byte %d (%s); retrying in %.1fs", self.pos, exc, delay)
+        time.sleep(delay)
+
+    def readinto(self, buf: Any) -> int:
+        """Read into ``buf``; 0 only at ``end``."""
+        want = min(len(buf), self.end - self.pos)
+        if want <= 0:
+            return 0
+        view = memoryview(buf)[:want]
         while True:
-            have = os.path.getsize(dest) if os.path.exists(dest) else 0
-            if have == size:
-                return
-            if have > size:
-                os.unlink(dest)
-                have = 0
-            headers = {"Range": f"bytes={have}-"} if have else {}
             try:
-                with self._open(self._request("GET", url, headers=headers)) as resp:
-                    if have and resp.status != 206:
-                        log.info("server ignored the Range request; starting over")
-                        have = 0
-                    elif have:
-                        start = resp.headers.get("Content-Range", "").split(" ")[-1].split("-")[0]
-                        if start != str(have):
-                            raise ServerError(f"GET {url}: Content-Range {resp.headers.get('Content-Range')!r} "
-                                              f"does not start at {have}")
-                        log.info("resuming download at byte %d of %d", have, size)
-                    with open(dest, "r+b" if have else "wb") as out:
-                        out.seek(have)
-                        while True:
-                            chunk = resp.read(CHUNK)
-                            if not chunk:
-                                break
-                            out.write(chunk)
-                            if out.tell() > size:
-                                raise ServerError(f"GET {url}: more than the announced {size} bytes")
-                        out.flush()
-                        os.fsync(out.fileno())
-                if os.path.getsize(dest) == size:
-                    return
-                raise ServerError(f"GET {url}: connection ended at {os.path.getsize(dest)} of {size} bytes")
+                if self.resp is None:
+                    self._connect()
+                n = self.resp.readinto(view)
+                if not n:
+                    raise ServerError(f"the connection ended at byte {self.pos} of {self.end}")
             except OriginError:
                 raise
-            except (ServerError, OSError) as exc:
-                attempt += 1
-                if attempt > retries:
-                    raise ServerError(f"download failed after {retries} retries: {exc}") from None
-                delay = backoff * 2 ** (attempt - 1)
-                log.warning("download interrupted (%s); retrying in %.1fs", exc, delay)
-                time.sleep(delay)
+            except (ServerError, OSError, http.client.HTTPException) as exc:
+                self._drop(exc)
+                continue
+            self.pos += n
+            self.failures = 0
+            return n
+
+    def read_exact(self, size: int) -> bytes:
+        """Exactly ``size`` bytes (fewer only at ``end``)."""
+        out = bytearray()
+        while len(out) < size:
+            chunk = self.read(size - len(out))
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
+
+    def close(self) -> None:
+        if self.resp is not None:
+            self.resp.close()
+            self.resp = None
+        super().close()
 
 
 class Agent:
@@ -301,11 +375,12 @@ class Agent:
         self.config = config
         self.api = api or ServerApi(config.server, config.device, config.device_token,
                                     download_origins=config.download_origins)
-        self.installer = make_installer(config.installer)
+        self.installer = make_installer(config.installer, config.cmdline, config.boot_limit)
         self.keyring = Keyring.from_files(config.public_keys)
         os.makedirs(config.state_dir, exist_ok=True)
         self.state_file = os.path.join(config.state_dir, "state.json")
         self.last: Dict[str, Any] = {}
+        self.skipped: Set[int] = set()  # rolled-back versionNumbers already logged as not retried
 
     # -------------------------------------------------------------- state
     def _state(self) -> Dict[str, Any]:
@@ -318,6 +393,8 @@ class Agent:
     def _save_state(self, **values: Any) -> None:
         state = self._state()
         state.update(values)
+        for key in [k for k, v in values.items() if v is None]:
+            del state[key]
         atomic_write_text(self.state_file, json.dumps(state, indent=2, sort_keys=True) + "\n", durable=True)
 
     def installed_record(self) -> Dict[str, Any]:
@@ -327,7 +404,9 @@ class Agent:
     def current_version_number(self) -> int:
         """The higher of the running image's versionNumber and the last one this agent installed."""
         running: int = self.installed_record()["versionNumber"]
-        return max(running, int(self._state().get("installedVersionNumber", 0)))
+        state = self._state()
+        pending = int((state.get("pending") or {}).get("versionNumber", 0))
+        return max(running, int(state.get("installedVersionNumber", 0)), pending)
 
     def info(self) -> Dict[str, Any]:
         """What the local API's /getInfo returns."""
@@ -341,7 +420,8 @@ class Agent:
             "runningVersionNumber": str(record["versionNumber"]),
             "lastState": state.get("lastState"),
             "lastMessage": state.get("lastMessage"),
-            "pendingSlot": state.get("pendingSlot"),
+            "pendingSlot": (state.get("pending") or {}).get("slot"),
+            "failedVersionNumbers": state.get("failedVersionNumbers", []),
             "packages": self.config.packages,
         }
 
@@ -371,7 +451,10 @@ class Agent:
         return self._finish(Outcome("rejected", offered, f"{reason}: {exc}", exc.exit_code))
 
     def check_once(self) -> Outcome:
-        """Ask for an update and, if there is one, download, verify and install it."""
+        """Settle a pending switch (commit or roll-back report); else ask for an update and install it."""
+        settled = self.settle()
+        if settled is not None:
+            return settled
         cfg = self.config
         current = self.current_version_number()
         try:
@@ -383,12 +466,197 @@ class Agent:
             log.info("no update for %s (versionNumber %d)", cfg.device, current)
             return self._finish(Outcome("no-update", current))
         offered = offer.version_number
+        if offered in self._state().get("failedVersionNumbers", []):
+            if offered not in self.skipped:
+                log.warning("versionNumber %d rolled back on this device before; not installing it again "
+                            "(deploy a newer image)", offered)
+                self.skipped.add(offered)
+            return Outcome("no-update", current, f"versionNumber {offered} rolled back before; not retried")
         log.info("update offered: version %s, versionNumber %d, %d bytes", offer.version, offered, offer.size)
         url = self.api.resolve(offer.url)
         try:
             self.api.check_allowed(url, "the offer's url")
         except OriginError as exc:
             return self._refuse(offered, exc, "bad-origin")
+        if isinstance(self.installer, SlotInstaller):
+            return self._stream_install(offer, url, current)
+        return self._file_install(offer, url, current)
+
+    def _hdr_path(self) -> str:
+        return os.path.join(self.config.state_dir, f"ota_type_{self.config.ota_type}.hdr")
+
+    def _stream_install(self, offer: Offer, url: str, current: int) -> Outcome:
+        """Header first (verified before any payload byte is written), then the payload straight from the
+        network into the inactive slot while hashing it; the switch only on a matching SHA-256."""
+        cfg = self.config
+        installer = self.installer
+        assert isinstance(installer, SlotInstaller)
+        offered = offer.version_number
+        slot = installer.inactive_slot()
+        ident = {"imageId": offer.image_id, "sha256": offer.sha256, "size": offer.size, "versionNumber": offered,
+                 "slot": slot}
+        progress = self._state().get("install") or {}
+        done = int(progress.get("done", 0)) if installer.resumable and \
+            {k: progress.get(k) for k in ident} == ident and os.path.exists(self._hdr_path()) else 0
+        minimum = None if cfg.allow_downgrade else current + 1
+        self.api.report("downloading", offered)
+        stream: Optional[RangeStream] = None
+        try:
+            if done:
+                with open(self._hdr_path(), "rb") as fh:
+                    raw = fh.read()
+                header = hdr.parse(raw)
+                stream = self.api.stream(url, header.header_length + done, offer.size)
+            else:
+                stream = self.api.stream(url, 0, offer.size)
+                prefix = stream.read_exact(hdr.FIXED_LENGTH)
+                raw = prefix + stream.read_exact(hdr.peek_length(prefix) - len(prefix))
+                header = hdr.parse(raw)
+            check_header(header, self.keyring, cfg.ota_type, minimum, cfg.verify_backend, offered)
+            check_length(header, offer.size)
+            if header.payload_length == 0:
+                raise EmptyPayloadError("the image's payload is empty (0 bytes)")
+        except (OriginError, VerifyError, ServerError) as exc:
+            if stream is not None:
+                stream.close()
+            if isinstance(exc, OriginError):
+                return self._refuse(offered, exc, "bad-origin")
+            if isinstance(exc, VerifyError):
+                self._save_state(install=None)
+                return self._refuse(offered, exc, exc.reason)
+            return self._finish(Outcome("failed", offered, f"download: {exc}", exc.exit_code))
+        with stream:
+            if not done:  # kept beside the slot, as Afero's scripts keep it; the only copy of the image here
+                atomic_write_bytes(self._hdr_path(), raw, durable=True)
+                self._save_state(install=dict(ident, done=0))
+            record_name = self.installed_record().get("name", "")
+            self.api.report("installing", offered)
+
+            def checkpoint(count: int) -> None:
+                self._save_state(install=dict(ident, done=count))
+
+            try:
+                self._hook("BeforeUpdate", record_name)
+                digest, _count = installer.stream_into(slot, cast(IO[bytes], stream), header.payload_length, done, checkpoint,
+                                                       expected=header.payload_sha256)
+            except InstallError as exc:
+                log.error("install of versionNumber %d failed: %s", offered, exc)
+                self._save_state(install=None)
+                return self._finish(Outcome("failed", offered, str(exc), exc.exit_code))
+            except OriginError as exc:
+                return self._refuse(offered, exc, "bad-origin")
+            except ServerError as exc:  # the slot keeps what it holds; the next check resumes there
+                return self._finish(Outcome("failed", offered, f"download: {exc}", exc.exit_code))
+        if digest != header.payload_sha256:
+            marks = dict(self._state().get("badSlots", {}), **{slot: offered})
+            self._save_state(install=None, badSlots=marks)
+            corrupt = CorruptError(f"the payload streamed into slot {slot} does not match the signed SHA-256; "
+                                   "the slot is marked bad and the boot slot was not switched")
+            return self._refuse(offered, corrupt, corrupt.reason)
+        fault("after-write")
+        bad = self._state().get("badSlots", {})
+        bad.pop(slot, None)
+        self._save_state(install=None, badSlots=bad, pending={
+            "slot": slot, "versionNumber": offered, "fromSlot": installer.active_slot(),
+            "bootId": self._boot_id(), "switched": False})
+        return self._switch(record_name)
+
+    def _switch(self, record_name: str) -> Outcome:
+        """The contract's switch of the pending slot (verified), then pending-reboot."""
+        installer = self.installer
+        assert isinstance(installer, SlotInstaller)
+        pending = self._state()["pending"]
+        slot, version_number = pending["slot"], int(pending["versionNumber"])
+        try:
+            installer.switch(slot)
+            fault("after-switch")
+            self._save_state(pending=dict(pending, switched=True))
+            self._hook("AfterUpdate", record_name)
+        except InstallError as exc:
+            log.error("switching to slot %s failed: %s", slot, exc)
+            return self._finish(Outcome("failed", version_number, str(exc), exc.exit_code))
+        detail = f"wrote slot {slot} and switched the boot slot to it; commits after the reboot"
+        log.info("installed versionNumber %d into slot %s: waiting for the reboot", version_number, slot)
+        return self._finish(Outcome("pending-reboot", version_number, detail))
+
+    def _boot_id(self) -> str:
+        try:
+            with open(self.config.boot_id_file, encoding="utf-8") as fh:
+                return fh.read().strip()
+        except OSError:
+            return ""
+
+    def settle(self) -> Optional[Outcome]:
+        """Bring a pending switch to its end, per the A/B boot contract; None when nothing is pending.
+
+        Same boot as the switch: pending-reboot (the switch is redone if a power loss interrupted it).
+        Booted into the new slot: health check, then commit and ``installed`` (or ``failed`` without commit:
+        the boot script falls back after bootLimit boots). Back on another slot: ``rolled-back``; that
+        versionNumber is never installed again automatically.
+        """
+        state = self._state()
+        pending = state.get("pending")
+        installer = self.installer
+        if not pending or not isinstance(installer, SlotInstaller):
+            return None
+        slot, version_number = pending["slot"], int(pending["versionNumber"])
+        boot_id = self._boot_id()
+        same_boot = bool(boot_id) and boot_id == pending.get("bootId")
+        running = installer.active_slot()
+        if same_boot or (not boot_id and running != slot):
+            env = installer.boot_env.read_all()
+            if not pending.get("switched") or installer.boot_env.boot_order(list(installer.slots), env)[0] != slot:
+                log.info("the switch to slot %s was interrupted; switching again", slot)
+                return self._switch(self.installed_record().get("name", ""))
+            return self._finish(Outcome("pending-reboot", version_number,
+                                        f"slot {slot} holds versionNumber {version_number}; waiting for the reboot"))
+        if running != slot:
+            if not pending.get("switched"):  # power lost before the switch, then a reboot: switch now
+                log.info("the switch to slot %s was interrupted before a reboot; switching again", slot)
+                self._save_state(pending=dict(pending, bootId=boot_id))
+                return self._switch(self.installed_record().get("name", ""))
+            failed = sorted(set(state.get("failedVersionNumbers", [])) | {version_number})
+            self._save_state(pending=None, failedVersionNumbers=failed)
+            message = (f"versionNumber {version_number} did not come up in slot {slot}; the device runs slot "
+                       f"{running} again and will not retry it")
+            log.error("rolled back: %s", message)
+            return self._finish(Outcome("rolled-back", version_number, message, 1))
+        env = installer.boot_env.read_all()
+        if env.get("upgrade_available") == "1":
+            self.api.report("committing", version_number)
+            healthy, why = self._health_check(version_number)
+            if not healthy:
+                log.error("health check of versionNumber %d in slot %s failed (%s): not committing; the boot script "
+                          "falls back after %d boots", version_number, slot, why, installer.boot_limit)
+                return self._finish(Outcome("failed", version_number, f"health check failed: {why}; not committed", 1))
+            installer.boot_env.commit(slot, installer.boot_limit)
+            fault("after-commit")
+        self._save_state(pending=None, installedVersionNumber=version_number)
+        log.info("committed versionNumber %d in slot %s", version_number, slot)
+        return self._finish(Outcome("installed", version_number, f"running slot {slot}, committed"))
+
+    def _health_check(self, version_number: int) -> "tuple[bool, str]":
+        """Run ``healthCheck`` (exit 0 = healthy); without one, healthy when the server was reached."""
+        command = self.config.health_check
+        if not command:
+            try:
+                self.api.check(self.config.ota_type, version_number)
+            except ServerError as exc:
+                return False, f"the server could not be reached: {exc}"
+            return True, "the server was reached"
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return False, f"{command[0]}: {exc}"
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            return False, f"{os.path.basename(command[0])} exited {proc.returncode}: {last}"
+        return True, "healthCheck passed"
+
+    def _file_install(self, offer: Offer, url: str, current: int) -> Outcome:
+        """The command installer's path: the whole file downloaded (resumable), verified, payload extracted."""
+        cfg = self.config
+        offered = offer.version_number
         part = os.path.join(cfg.state_dir, "hub_update.bin.part")
         meta = os.path.join(cfg.state_dir, "download.json")
         ident = {"imageId": offer.image_id, "sha256": offer.sha256, "size": offer.size}
@@ -423,8 +691,7 @@ class Agent:
             return self._refuse(offered, exc, exc.reason)
         header = result.header
         with open(part, "rb") as fh:  # kept beside the image, as Afero's scripts expect
-            atomic_write_bytes(os.path.join(cfg.state_dir, f"ota_type_{cfg.ota_type}.hdr"), fh.read(header.header_length),
-                               durable=True)
+            atomic_write_bytes(self._hdr_path(), fh.read(header.header_length), durable=True)
         os.unlink(part)
         record_name = self.installed_record().get("name", "")
         self.api.report("installing", header.version_number)
@@ -435,10 +702,7 @@ class Agent:
         except InstallError as exc:
             log.error("install of versionNumber %d failed: %s", header.version_number, exc)
             return self._finish(Outcome("failed", header.version_number, str(exc), exc.exit_code))
-        finally:
-            if self.config.installer["type"] == "ab" and os.path.exists(payload):
-                os.unlink(payload)
-        self._save_state(installedVersionNumber=header.version_number, pendingSlot=installed.slot)
+        self._save_state(installedVersionNumber=header.version_number)
         log.info("installed versionNumber %d: %s", header.version_number, installed.detail)
         return self._finish(Outcome("installed", header.version_number, installed.detail))
 

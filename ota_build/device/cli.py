@@ -4,7 +4,8 @@
 ``ota-agent [-c CONFIG] run``     poll every pollInterval and serve the local API
 ``ota-agent [-c CONFIG] info``    print what is installed
 
-Exit codes of ``once``: 0 installed or no update, 1 install failed, 3 server
+Exit codes of ``once``: 0 installed, pending-reboot or no update, 1 install failed, a health check
+failed (not committed) or the device rolled back (``rolled-back``), 3 server
 unreachable/refused, a malformed offer or a URL off the allowed origins, 10-15
 the image was refused (as ``ota-build verify``; 10 also for an offer/header
 versionNumber mismatch and an empty payload).

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RECORD = "/etc/full_ota_record.json"
 DEFAULT_STATE_DIR = "/var/lib/ota-agent"
+DEFAULT_CMDLINE = "/proc/cmdline"
+DEFAULT_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+DEFAULT_BOOT_LIMIT = 3
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,10 @@ class AgentConfig:
     poll_interval: int = 300
     verify_backend: str = "auto"
     download_origins: List[str] = field(default_factory=list)
+    health_check: List[str] = field(default_factory=list)
+    boot_limit: int = 3
+    cmdline: str = DEFAULT_CMDLINE
+    boot_id_file: str = DEFAULT_BOOT_ID
 
     def package_for(self, name: str) -> Optional[Dict[str, Any]]:
         """The installed package entry (content.json) whose ``package`` is ``name``, else the only one."""
@@ -74,8 +81,11 @@ def load_agent_config(path: str, env: Optional[Mapping[str, str]] = None) -> Age
     installer = doc["installer"]
     if installer["type"] == "command" and not installer.get("command"):
         raise ConfigError(f"{path}: field 'installer.command': is missing (needed by the command installer)")
-    if installer["type"] == "ab" and not installer.get("slots"):
+    if installer["type"] in ("ab", "archive") and not installer.get("slots"):
         raise ConfigError(f"{path}: field 'installer.slots': is missing (needed by the A/B installer)")
+    for name in installer.get("slots", {}):
+        if not re.fullmatch(r"[A-Za-z0-9]+", name):
+            raise ConfigError(f"{path}: field 'installer.slots': slot name {name!r} is not letters and digits")
     token = env.get("OTA_DEVICE_TOKEN") or doc.get("deviceToken", "")
     if not token and doc.get("deviceTokenFile"):
         token = _read_secret_file(path, "deviceTokenFile", doc["deviceTokenFile"])
@@ -119,6 +129,10 @@ def load_agent_config(path: str, env: Optional[Mapping[str, str]] = None) -> Age
         poll_interval=int(doc.get("pollInterval", 300)),
         verify_backend=doc.get("verifyBackend", "auto"),
         download_origins=list(doc.get("downloadOrigins", [])),
+        health_check=list(doc.get("healthCheck", [])),
+        boot_limit=int(doc.get("bootLimit", DEFAULT_BOOT_LIMIT)),
+        cmdline=os.path.join(base, doc.get("cmdline", DEFAULT_CMDLINE)),
+        boot_id_file=os.path.join(base, doc.get("bootIdFile", DEFAULT_BOOT_ID)),
     )
 
 
@@ -138,11 +152,13 @@ def build_agent_config(server: str, device_type: str, public_keys: List[str], ot
                        poll_interval: int = 300, local_port: int = 5000, description: str = "",
                        record: str = DEFAULT_RECORD, state_dir: str = DEFAULT_STATE_DIR,
                        device_file: str = "/etc/ota/device-id",
-                       device_token_file: str = "/etc/ota/device-token") -> Dict[str, Any]:
+                       device_token_file: str = "/etc/ota/device-token", boot_limit: int = DEFAULT_BOOT_LIMIT,
+                       health_check: Optional[List[str]] = None, payload_fstype: str = "") -> Dict[str, Any]:
     """An agent configuration for an image (the ota-agent recipe's /etc/ota-agent.json).
 
     Two or more ``slots`` (``a=/dev/mmcblk0p2``) select the A/B installer with
-    U-Boot's environment (``boot_values`` map slots to the variable's values);
+    U-Boot's environment (``boot_values`` map slots to the variable's values):
+    the archive installer when ``payload_fstype`` is ``tar.gz``, else the raw one;
     otherwise the command installer runs ``command``. Per-device values are
     read on the device from ``device_file`` and ``device_token_file``.
     Raises ConfigError naming the problem; the result validates against the schema.
@@ -152,7 +168,7 @@ def build_agent_config(server: str, device_type: str, public_keys: List[str], ot
     if slot_map:
         if len(slot_map) < 2:
             raise ConfigError("slots: the A/B installer needs at least two slots (a=/dev/... b=/dev/...)")
-        installer = {"type": "ab", "slots": slot_map,
+        installer = {"type": "archive" if payload_fstype == "tar.gz" else "ab", "slots": slot_map,
                      "bootEnv": {"tool": "fw_setenv", "variable": boot_variable,
                                  "values": _pairs(boot_values or [], "boot value")}}
     else:
@@ -166,6 +182,10 @@ def build_agent_config(server: str, device_type: str, public_keys: List[str], ot
         "record": record, "stateDir": state_dir, "otaType": ota_type, "pollInterval": poll_interval,
         "flask": {"host": "127.0.0.1", "port": local_port}, "installer": installer,
     }
+    if slot_map:
+        doc["bootLimit"] = boot_limit
+    if health_check:
+        doc["healthCheck"] = list(health_check)
     problem = validate(load_schema("ota-agent"), doc)
     if problem:
         raise ConfigError(f"agent configuration: {problem}")

@@ -2,21 +2,27 @@
 
 * ``command``: run a program with the payload path (the seed's
   ``/sbin/sysupgrade /tmp/ota_type_5.img`` step).
-* ``ab``: write the payload to the inactive slot (a block device, or a file in
-  tests), read it back and compare digests, then switch the boot slot through
-  U-Boot's environment (``fw_setenv``) or a file. Nothing touches the active
-  slot, and the boot choice changes only after the written slot verified.
+* ``ab``: stream a raw image into the inactive slot (a block device, or a file
+  in tests) while hashing it, then switch the boot slot through U-Boot's
+  environment (``fw_setenv``) or a ``KEY=value`` file, per the A/B boot
+  contract (docs/agent.md). Nothing touches the active slot, and the boot
+  choice changes only after the written payload's SHA-256 matched.
+* ``archive`` (``ota_build.device.archive``): a fresh filesystem on the
+  inactive slot and the ``tar.gz`` payload unpacked into it as it streams in.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import shlex
 import stat
 import subprocess
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ota_build.core.errors import OtaError
 from ota_build.core.files import atomic_write_text, sha256_of
@@ -24,6 +30,7 @@ from ota_build.core.files import atomic_write_text, sha256_of
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+SLOT_NAME = re.compile(r"[A-Za-z0-9]+")
 
 
 class InstallError(OtaError):
@@ -66,7 +73,13 @@ class CommandInstaller:
 
 
 class BootEnv:
-    """Where the boot slot choice lives: U-Boot's environment or a file."""
+    """Where the boot slot choice lives: U-Boot's environment (``fw_setenv``/``fw_printenv``) or a ``KEY=value``
+    file (``uEnv.txt`` style, or what U-Boot's ``env export -t`` writes).
+
+    Besides the legacy boot variable (``variable`` = the value of a slot), the A/B boot contract's variables
+    (docs/agent.md): ``BOOT_ORDER``, ``BOOT_<slot>_LEFT``, ``upgrade_available``, ``bootcount``. Every change is
+    ONE write: the file rewritten atomically and durably (other lines kept), or one ``fw_setenv -s`` script.
+    """
 
     def __init__(self, spec: Mapping[str, Any]):
         self.tool = spec.get("tool", "fw_setenv")
@@ -76,10 +89,12 @@ class BootEnv:
         self.fw_setenv = spec.get("fwSetenv", "fw_setenv")
         self.fw_printenv = spec.get("fwPrintenv", "fw_printenv")
         self.fw_config = ["-c", spec["fwEnvConfig"]] if spec.get("fwEnvConfig") else []
+        self.script_separator = spec.get("fwScriptSeparator", "=")
         if self.tool == "file" and not self.file:
             raise InstallError("installer.bootEnv.file is required with tool 'file'")
 
-    def _value_of(self, slot: str) -> str:
+    def value_of(self, slot: str) -> str:
+        """The boot variable's value that selects ``slot``."""
         return self.values.get(slot, slot)
 
     def _slot_of(self, value: str) -> Optional[str]:
@@ -88,61 +103,125 @@ class BootEnv:
                 return slot
         return value or None
 
-    def read(self) -> Optional[str]:
-        """The slot the bootloader will boot, or None when unset."""
+    def read_all(self) -> Dict[str, str]:
+        """The whole environment (or file) as a dict."""
         if self.tool == "file":
             try:
                 with open(self.file, encoding="utf-8") as fh:
-                    for line in fh:
-                        key, _, value = line.strip().partition("=")
-                        if key == self.variable:
-                            return self._slot_of(value)
+                    text = fh.read()
             except FileNotFoundError:
-                return None
-            return None
-        try:
-            out = subprocess.run([self.fw_printenv, *self.fw_config, "-n", self.variable], capture_output=True, text=True,
-                                 check=False, timeout=30)
-        except FileNotFoundError:
-            raise InstallError(f"{self.fw_printenv} not found (install libubootenv-bin / u-boot-fw-utils)") from None
-        return self._slot_of(out.stdout.strip()) if out.returncode == 0 else None
+                return {}
+        else:
+            try:
+                out = subprocess.run([self.fw_printenv, *self.fw_config], capture_output=True, text=True, check=False,
+                                     timeout=30)
+            except FileNotFoundError:
+                raise InstallError(f"{self.fw_printenv} not found (install libubootenv-bin / u-boot-fw-utils)") from None
+            if out.returncode != 0:
+                raise InstallError(f"{self.fw_printenv} failed: {out.stderr.strip() or out.returncode}")
+            text = out.stdout
+        env: Dict[str, str] = {}
+        for line in text.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.strip() and not key.lstrip().startswith("#"):
+                env[key.strip()] = value.strip()
+        return env
 
-    def write(self, slot: str) -> None:
-        """Make the bootloader boot ``slot`` next."""
-        value = self._value_of(slot)
+    def read(self) -> Optional[str]:
+        """The slot the boot variable selects, or None when unset."""
+        return self._slot_of(self.read_all().get(self.variable, ""))
+
+    def update(self, values: Mapping[str, str]) -> None:
+        """Set ``values`` in one write (durable); InstallError when that fails."""
         if self.tool == "file":
-            lines = []
+            lines: List[str] = []
             if os.path.exists(self.file):
                 with open(self.file, encoding="utf-8") as fh:
-                    lines = [ln.rstrip("\n") for ln in fh if not ln.startswith(f"{self.variable}=")]
-            lines.append(f"{self.variable}={value}")
-            atomic_write_text(self.file, "\n".join(lines) + "\n", durable=True)
+                    lines = [ln.rstrip("\n") for ln in fh]
+            todo = dict(values)
+            out = []
+            for line in lines:
+                key = line.partition("=")[0].strip()
+                if key in todo:
+                    out.append(f"{key}={todo.pop(key)}")
+                else:
+                    out.append(line)
+            out += [f"{k}={v}" for k, v in todo.items()]
+            atomic_write_text(self.file, "\n".join(out) + "\n", durable=True)
             return
-        try:
-            proc = subprocess.run([self.fw_setenv, *self.fw_config, self.variable, value], capture_output=True, text=True,
-                                  check=False, timeout=60)
-        except FileNotFoundError:
-            raise InstallError(f"{self.fw_setenv} not found (install libubootenv-bin / u-boot-fw-utils)") from None
+        with tempfile.NamedTemporaryFile("w", prefix="ota-env-", suffix=".txt", encoding="utf-8") as script:
+            script.write("".join(f"{k}{self.script_separator}{v}\n" for k, v in values.items()))
+            script.flush()
+            try:
+                proc = subprocess.run([self.fw_setenv, *self.fw_config, "-s", script.name], capture_output=True,
+                                      text=True, check=False, timeout=60)
+            except FileNotFoundError:
+                raise InstallError(f"{self.fw_setenv} not found (install libubootenv-bin / u-boot-fw-utils)") from None
         if proc.returncode != 0:
-            raise InstallError(f"{self.fw_setenv} {self.variable} failed: {proc.stderr.strip() or proc.returncode}")
+            raise InstallError(f"{self.fw_setenv} -s failed: {proc.stderr.strip() or proc.returncode}")
+        now = self.read_all()
+        wrong = [k for k, v in values.items() if now.get(k, "") != v]
+        if wrong:  # e.g. a tool that reads "name value" scripts (u-boot-fw-utils): set bootEnv.fwScriptSeparator
+            raise InstallError(f"{self.fw_setenv} -s did not set {', '.join(wrong)} (script separator "
+                               f"{self.script_separator!r}; see installer.bootEnv.fwScriptSeparator)")
+
+    def write(self, slot: str) -> None:
+        """Set only the legacy boot variable to ``slot`` (boards without the boot script)."""
+        self.update({self.variable: self.value_of(slot)})
+
+    def boot_order(self, configured: Sequence[str], env: Optional[Mapping[str, str]] = None) -> List[str]:
+        """``BOOT_ORDER`` as a list (the configured slot order when unset)."""
+        env = self.read_all() if env is None else env
+        return env.get("BOOT_ORDER", "").split() or list(configured)
+
+    def switch(self, slot: str, configured: Sequence[str], boot_limit: int) -> None:
+        """The contract's switch: ``slot`` first in BOOT_ORDER with ``boot_limit`` attempts, uncommitted."""
+        order = [slot] + [s for s in self.boot_order(configured) if s != slot]
+        order += [s for s in configured if s not in order]
+        self.update({"BOOT_ORDER": " ".join(order), f"BOOT_{slot}_LEFT": str(boot_limit), "upgrade_available": "1",
+                     "bootcount": "0", self.variable: self.value_of(slot)})
+
+    def commit(self, slot: str, boot_limit: int) -> None:
+        """The contract's commit of the running ``slot``."""
+        self.update({"upgrade_available": "0", "bootcount": "0", f"BOOT_{slot}_LEFT": str(boot_limit)})
 
 
-class ABInstaller:
-    """Writes the payload to the inactive slot, verifies it, switches the boot slot."""
+def read_cmdline_slot(path: str) -> Optional[str]:
+    """The slot named by ``ota.slot=<name>`` on the kernel command line at ``path``, else None."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            words = fh.read().split()
+    except OSError:
+        return None
+    found = [w.partition("=")[2] for w in words if w.startswith("ota.slot=")]
+    return found[-1] if found and SLOT_NAME.fullmatch(found[-1]) else None
 
-    def __init__(self, slots: Mapping[str, str], boot_env: BootEnv):
+
+class SlotInstaller:
+    """What the A/B installers share: slots, the boot environment, which slot runs and which one to write."""
+
+    resumable = False
+
+    def __init__(self, slots: Mapping[str, str], boot_env: BootEnv, cmdline: str = "/proc/cmdline",
+                 boot_limit: int = 3):
         if len(slots) < 2:
             raise InstallError("the A/B installer needs at least two slots")
+        bad = [name for name in slots if not SLOT_NAME.fullmatch(name)]
+        if bad:
+            raise InstallError(f"slot name {bad[0]!r} is not letters and digits")
         self.slots = dict(slots)
         self.boot_env = boot_env
+        self.cmdline = cmdline
+        self.boot_limit = boot_limit
 
     def active_slot(self) -> str:
-        """The slot running now (as the boot environment says; the first slot when unset)."""
-        slot = self.boot_env.read()
+        """The slot running now: ``ota.slot=`` on the kernel command line, else the boot variable (the first
+        slot when unset)."""
+        slot = read_cmdline_slot(self.cmdline) or self.boot_env.read()
         if slot is None:
             return next(iter(self.slots))
         if slot not in self.slots:
-            raise InstallError(f"boot environment names slot {slot!r}, which is not configured")
+            raise InstallError(f"the running slot is {slot!r}, which is not configured")
         return slot
 
     def inactive_slot(self) -> str:
@@ -150,63 +229,95 @@ class ABInstaller:
         active = self.active_slot()
         return next(s for s in self.slots if s != active)
 
+    def switch(self, slot: str) -> None:
+        """Make the bootloader try ``slot`` next (the contract's switch)."""
+        self.boot_env.switch(slot, list(self.slots), self.boot_limit)
+
     def install(self, payload: str, sha256: bytes) -> InstallResult:
-        """Write, read back and compare, then switch; raise InstallError on any failure.
+        """Install a payload file (not the agent's path, which streams): stream it in, compare, switch."""
+        size = os.path.getsize(payload)
+        target = self.inactive_slot()
+        with open(payload, "rb") as src:
+            digest, _ = self.stream_into(target, src, size, expected=sha256)
+        if digest != sha256:
+            raise InstallError(f"slot {target}: the written payload has a different SHA-256; the boot slot was not switched")
+        self.switch(target)
+        return InstallResult(f"wrote slot {target} and switched the boot slot to it", slot=target)
+
+    def stream_into(self, slot: str, src: IO[bytes], length: int, done: int = 0,
+                    checkpoint: Optional[Callable[[int], None]] = None,
+                    expected: Optional[bytes] = None) -> "tuple[bytes, int]":
+        """Write ``length`` payload bytes read from ``src`` into ``slot``; (SHA-256, bytes)."""
+        raise NotImplementedError
+
+
+class ABInstaller(SlotInstaller):
+    """Streams a raw image (a filesystem image) into the inactive slot while hashing it."""
+
+    resumable = True
+    CHECKPOINT_EVERY = 64 << 20
+
+    def stream_into(self, slot: str, src: IO[bytes], length: int, done: int = 0,
+                    checkpoint: Optional[Callable[[int], None]] = None,
+                    expected: Optional[bytes] = None) -> "tuple[bytes, int]":
+        """Write the payload from ``src`` into ``slot`` from byte ``done`` on (what the slot already holds is
+        hashed again first); fsync; return (SHA-256 of the whole payload, bytes in the slot).
 
         The slot's size is its capacity: a block device's size, or a regular file's size (written in place,
-        like a partition image). Only an empty or missing regular file (a simulated slot: tests, the demo)
-        has no limit and takes the payload's size. An empty payload or one larger than the slot is refused
-        before anything is written.
+        like a partition image). Only an empty or missing regular file (a simulated slot: tests, the demo),
+        or one holding exactly the ``done`` bytes of a resumed install, has no limit. An empty payload or one
+        larger than the slot is refused before anything is written. ``checkpoint(n)`` is called after ``n``
+        bytes are durable (every 64 MiB, when the download gives up, at the end), so a restart resumes there.
         """
-        target_slot = self.inactive_slot()
-        device = self.slots[target_slot]
-        size = os.path.getsize(payload)
-        if size == 0:
-            raise InstallError(f"the payload is empty (0 bytes); slot {target_slot} was not written")
+        from ota_build.core.package import copy_hashing  # core.package imports no third-party module
+
+        device = self.slots[slot]
+        if length == 0:
+            raise InstallError(f"the payload is empty (0 bytes); slot {slot} was not written")
         try:
-            fd = os.open(device, os.O_WRONLY | os.O_CREAT, 0o644)
+            fh = open(device, "r+b" if os.path.exists(device) else "w+b", buffering=0)
         except OSError as exc:
-            raise InstallError(f"cannot open slot {target_slot} ({device}): {exc.strerror}") from None
-        try:
-            mode = os.fstat(fd).st_mode
-            capacity = os.lseek(fd, 0, os.SEEK_END)  # a block device's size too (st_size is 0 for one)
-            os.lseek(fd, 0, os.SEEK_SET)
-            if capacity == 0 and stat.S_ISREG(mode):
-                capacity = size  # a simulated slot: grows to the payload
-            sized = stat.S_ISREG(mode) or stat.S_ISBLK(mode)  # a character device (MTD, /dev/full) has no size here
-            if sized and size > capacity:
-                raise InstallError(f"payload of {size} bytes does not fit slot {target_slot} ({device}: {capacity} bytes); "
-                                   "nothing was written")
-            log.info("writing %d bytes to slot %s (%s)", size, target_slot, device)
-            with open(payload, "rb") as src:
-                while True:
-                    chunk = src.read(CHUNK)
-                    if not chunk:
-                        break
-                    view = memoryview(chunk)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-            os.fsync(fd)
-        except OSError as exc:
-            raise InstallError(f"writing slot {target_slot} ({device}) failed: {exc.strerror}") from None
-        finally:
-            os.close(fd)
-        written_digest = _digest(device, size)
-        if written_digest != sha256:
-            raise InstallError(f"slot {target_slot} read back a different SHA-256: the write did not stick")
-        self.boot_env.write(target_slot)
-        return InstallResult(f"wrote slot {target_slot} and switched the boot slot to it", slot=target_slot)
-
-
-def _digest(path: str, length: int) -> bytes:
-    """SHA-256 of the first ``length`` bytes of ``path`` (a slot is often larger than what was written)."""
-    with open(path, "rb", buffering=0) as fh:
-        return sha256_of(fh, length)[0]
-
-
-def make_installer(spec: Mapping[str, Any]):
-    """Build the installer the agent config's ``installer`` object describes."""
-    if spec["type"] == "command":
-        return CommandInstaller(spec["command"])
-    return ABInstaller(spec["slots"], BootEnv(spec.get("bootEnv", {})))
+            raise InstallError(f"cannot open slot {slot} ({device}): {exc.strerror}") from None
+        with fh:
+            fd = fh.fileno()
+            try:
+                mode = os.fstat(fd).st_mode
+                capacity = os.lseek(fd, 0, os.SEEK_END)  # a block device's size too (st_size is 0 for one)
+                if capacity in (0, done) and stat.S_ISREG(mode):
+                    capacity = length  # a simulated slot: grows to the payload (also when resumed)
+                sized = stat.S_ISREG(mode) or stat.S_ISBLK(mode)  # a character device (MTD, /dev/full) has no size
+                if sized and length > capacity:
+                    raise InstallError(f"payload of {length} bytes does not fit slot {slot} ({device}: {capacity} "
+                                       "bytes); nothing was written")
+                digest = hashlib.sha256()
+                if done:
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    with open(device, "rb", buffering=0) as back:
+                        _, got = sha256_of(back, done, into=digest)
+                    if got != done:
+                        raise InstallError(f"slot {slot} holds {got} bytes, not the {done} recorded")
+                    log.info("slot %s holds %d of %d bytes already (hashed again); resuming", slot, done, length)
+                fh.seek(done)
+                log.info("streaming %d bytes into slot %s (%s)", length - done, slot, device)
+                written = done
+                while written < length:
+                    step = min(self.CHECKPOINT_EVERY, length - written)
+                    try:
+                        _, count = copy_hashing(src, fh, step, None, durable=True, digest=digest)
+                    except OtaError:  # the download gave up: what the slot holds is kept for the next check
+                        if checkpoint is not None:
+                            os.fdatasync(fd)
+                            checkpoint(fh.tell())
+                        raise
+                    written += count
+                    if count < step:
+                        raise InstallError(f"the payload ended after {written} of {length} bytes")
+                    if checkpoint is not None and written < length:
+                        os.fdatasync(fd)
+                        checkpoint(written)
+                os.fsync(fd)
+                if checkpoint is not None:  # all written and durable: a restart only hashes the slot again
+                    checkpoint(written)
+            except OSError as exc:
+                raise InstallError(f"writing slot {slot} ({device}) failed: {exc.strerror}") from None
+        return digest.digest(), written

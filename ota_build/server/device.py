@@ -20,7 +20,7 @@ from ota_build.server.responses import RangeFileResponse
 
 router = APIRouter(tags=["device"])
 DeviceId = Path(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", description="deviceId")
-STATES = ("downloading", "installing", "installed", "failed", "rejected")
+STATES = ("downloading", "installing", "pending-reboot", "committing", "installed", "rolled-back", "failed", "rejected")
 
 
 class StatusIn(BaseModel):

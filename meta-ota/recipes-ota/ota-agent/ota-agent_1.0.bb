@@ -39,7 +39,9 @@ python do_compile() {
             "--public-key", d.getVar("OTA_DEVICE_KEY_PATH"), "--type", d.getVar("OTA_TYPE"),
             "--boot-variable", d.getVar("OTA_AGENT_BOOT_VARIABLE"), "--command", d.getVar("OTA_AGENT_COMMAND"),
             "--poll-interval", d.getVar("OTA_AGENT_POLL_INTERVAL"), "--local-port", d.getVar("OTA_AGENT_LOCAL_PORT"),
-            "--description", d.getVar("OTA_AGENT_DESCRIPTION"), "-o", d.getVar("B") + "/ota-agent.json"]
+            "--description", d.getVar("OTA_AGENT_DESCRIPTION"), "--payload-fstype", d.getVar("OTA_PAYLOAD_FSTYPE"),
+            "--boot-limit", d.getVar("OTA_AGENT_BOOT_LIMIT"), "--health-check", d.getVar("OTA_AGENT_HEALTH_CHECK") or "",
+            "-o", d.getVar("B") + "/ota-agent.json"]
     for slot in (d.getVar("OTA_AGENT_SLOTS") or "").split():
         args += ["--slot", slot]
     for value in (d.getVar("OTA_AGENT_BOOT_VALUES") or "").split():
@@ -50,7 +52,8 @@ do_compile[dirs] = "${B}"
 do_compile[cleandirs] = "${B}"
 do_compile[vardeps] += "OTA_AGENT_SERVER OTA_AGENT_DEVICE_TYPE OTA_AGENT_SLOTS OTA_AGENT_BOOT_VARIABLE \
                         OTA_AGENT_BOOT_VALUES OTA_AGENT_COMMAND OTA_AGENT_POLL_INTERVAL OTA_AGENT_LOCAL_PORT \
-                        OTA_AGENT_DESCRIPTION OTA_TYPE OTA_DEVICE_KEY_PATH"
+                        OTA_AGENT_DESCRIPTION OTA_TYPE OTA_DEVICE_KEY_PATH OTA_PAYLOAD_FSTYPE OTA_AGENT_BOOT_LIMIT \
+                        OTA_AGENT_HEALTH_CHECK"
 do_compile[vardepsexclude] += "${OTA_PATH_VARS} ${OTA_SECRET_ENV_VARS} BB_ORIGENV"
 do_compile[file-checksums] += "${OTA_CONFIG_CHECKSUMS}"
 
@@ -81,8 +84,11 @@ FILES:${PN} += "${PYTHON_SITEPACKAGES_DIR}/ota_build ${sysconfdir}/ota-agent.jso
                 ${systemd_system_unitdir}/ota-agent.service ${sysconfdir}/init.d/ota-agent"
 CONFFILES:${PN} = "${sysconfdir}/ota-agent.json"
 
-# python3-* provide what ota_build.device imports; openssl-bin checks signatures
-# (no python3-cryptography on the device); fw_setenv switches A/B slots.
+# python3-* provide what ota_build.device imports (python3-asyncio: concurrent.futures, with which
+# core.package overlaps writing and hashing the streamed payload); openssl-bin checks signatures
+# (no python3-cryptography on the device); fw_setenv switches A/B slots; with the tar.gz
+# payload the archive installer formats the inactive slot (mkfs.ext4) and mounts it.
 RDEPENDS:${PN} = "ota-record openssl-bin python3-core python3-json python3-logging python3-netclient \
-                  python3-netserver python3-crypt python3-threading python3-shell \
-                  ${@'libubootenv-bin' if d.getVar('OTA_AGENT_SLOTS') else ''}"
+                  python3-netserver python3-crypt python3-threading python3-shell python3-asyncio \
+                  ${@'libubootenv-bin' if d.getVar('OTA_AGENT_SLOTS') else ''} \
+                  ${@'e2fsprogs-mke2fs python3-compression' if d.getVar('OTA_AGENT_SLOTS') and d.getVar('OTA_PAYLOAD_FSTYPE') == 'tar.gz' else ''}"
