@@ -174,6 +174,19 @@ def machine(firmware, tmp_path) -> Machine:
     return Machine(tmp_path, *firmware)
 
 
+def flash_env(machine: Machine, base: Path, **values: str) -> Path:
+    """A copy of the environment flash ``base`` with ``values`` added (what fw_setenv would have written)."""
+    default = base.parent / "env.txt"
+    text = machine.dir / "env.txt"
+    text.write_text(default.read_text() + "".join(f"{k}={v}\n" for k, v in values.items()))
+    run(["mkenvimage", "-s", "0x40000", "-o", str(machine.dir / "env.bin"), str(text)])
+    flash1 = machine.dir / f"flash1-{len(list(machine.dir.glob('flash1-*.img')))}.img"
+    shutil.copyfile(base, flash1)
+    with open(flash1, "r+b") as fh:
+        fh.write((machine.dir / "env.bin").read_bytes())
+    return flash1
+
+
 def script(**kw) -> str:
     settings = boot_script_settings(SLOTS, boot_variable="bootpart", boot_values=VALUES, storage="file",
                                     env_file=ENV_FILE, boot_commands=BOOT_COMMANDS, **kw)
@@ -246,3 +259,21 @@ def test_unknown_or_missing_counters(machine):
     assert boot.vars["BOOT_ORDER"] == "a b" and boot.vars["upgrade_available"] == "0"
     machine.make_disk(script(), env_text(BOOT_ORDER="x y", upgrade_available="0"))
     check_slot(machine.boot(), "a")
+
+
+def test_saveenv_mode_reads_the_environment_and_saves_only_an_uncommitted_slot(machine, firmware):
+    """saveenv mode (real boards): the state comes from U-Boot's own environment, and saveenv
+    runs only while upgrade_available=1. (QEMU's CFI flash fails U-Boot's write, "Flash buffer
+    write timeout", so what persists across boots is shown in file mode above.)"""
+    machine.make_disk(render_boot_script(boot_script_settings(SLOTS, boot_variable="bootpart", boot_values=VALUES,
+                                                              boot_commands=BOOT_COMMANDS)), None)
+    machine.flash1 = flash_env(machine, firmware[1], BOOT_ORDER="b a", BOOT_b_LEFT="0", upgrade_available="0", bootpart="0:2")
+    boot = machine.boot()
+    check_slot(boot, "b")
+    assert "Loading Environment from Flash... OK" in boot.console and "Saving Environment" not in boot.console
+    machine.flash1 = flash_env(machine, firmware[1], BOOT_ORDER="b a", BOOT_b_LEFT="3", upgrade_available="1", bootcount="0",
+                               bootpart="0:3")
+    boot = machine.boot()
+    assert "ota: slot b is not committed: attempt 1, 2 left" in boot.console
+    assert boot.console.index("Saving Environment to Flash") < boot.console.index("ota: booting slot b")
+    check_slot(boot, "b")

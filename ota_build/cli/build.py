@@ -291,11 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env-addr", default=bs.DEFAULT_ENV_ADDR,
                    help="file mode: RAM address for the file (default: ${kernel_addr_r})")
     p.add_argument("--bootargs", default=bs.DEFAULT_BOOTARGS,
-                   help="appended to bootargs before ota.slot=<slot>; ${ota_root} is the slot's device "
+                   help="appended to bootargs before ota.slot=<slot>; ${ota_boot_root} is the slot's device "
                         f"(default: '{bs.DEFAULT_BOOTARGS}')")
     p.add_argument("--boot-commands", default="",
                    help="one line of U-Boot commands that load and boot the kernel of the slot "
-                        "(${ota_slot}, ${ota_root} and the boot variable are set) (default: none)")
+                        "(${ota_boot_slot}, ${ota_boot_root} and the boot variable are set) (default: none)")
     p.add_argument("--on-failure", default=bs.DEFAULT_ON_FAILURE,
                    help="run when the boot commands return, i.e. the slot did not boot "
                         f"(default: {bs.DEFAULT_ON_FAILURE}: the next boot counts another attempt)")

@@ -46,7 +46,7 @@ DEFAULT_ENV_FILE = "ota-env.txt"
 DEFAULT_ENV_DEVICE = "${devtype} ${devnum}:${distro_bootpart}"
 #: RAM for the env file: the kernel's load address, free until the kernel is loaded
 DEFAULT_ENV_ADDR = "${kernel_addr_r}"
-DEFAULT_BOOTARGS = "root=${ota_root} rootwait"
+DEFAULT_BOOTARGS = "root=${ota_boot_root} rootwait"
 DEFAULT_ON_FAILURE = "reset"
 
 SLOT_RE = re.compile(r"[A-Za-z0-9]+")
@@ -107,7 +107,7 @@ def boot_script_settings(slots: Mapping[str, str], boot_variable: str = "ota_slo
             raise UsageError(f"slots: device {device!r} of slot {name!r} is not a device path")
     if not VARIABLE_RE.fullmatch(boot_variable):
         raise UsageError(f"boot variable: {boot_variable!r} is not a U-Boot variable name")
-    if boot_variable in state_variables(list(slots)) or boot_variable.startswith("ota_"):
+    if boot_variable in state_variables(list(slots)) or boot_variable.startswith("ota_boot_"):
         raise UsageError(f"boot variable: {boot_variable!r} is one of the boot script's own variables")
     values = dict(boot_values or {})
     for name, value in values.items():
@@ -134,20 +134,20 @@ def boot_script_settings(slots: Mapping[str, str], boot_variable: str = "ota_slo
 
 def _per_slot(s: BootScript, line: str) -> List[str]:
     """``line`` (a format string with {slot}, {left}, {device}, {value}) once per slot, guarded by its name."""
-    return [f'if test "${{ota_slot}}" = "{slot}"; then '
+    return [f'if test "${{ota_boot_slot}}" = "{slot}"; then '
             + line.format(slot=slot, left=left_variable(slot), device=device, value=s.boot_values[slot])
             + "; fi"
             for slot, device in s.slots.items()]
 
 
 def _select(s: BootScript) -> List[str]:
-    """ota_slot = the first known slot of BOOT_ORDER (the first configured slot if none is known)."""
+    """ota_boot_slot = the first known slot of BOOT_ORDER (the first configured slot if none is known)."""
     known = " || ".join(f'test "${{s}}" = "{slot}"' for slot in s.slots)
-    return ["setenv ota_slot",
+    return ["setenv ota_boot_slot",
             "for s in ${BOOT_ORDER}; do",
-            f'    if test -z "${{ota_slot}}"; then if {known}; then setenv ota_slot ${{s}}; fi; fi',
+            f'    if test -z "${{ota_boot_slot}}"; then if {known}; then setenv ota_boot_slot ${{s}}; fi; fi',
             "done",
-            f'if test -z "${{ota_slot}}"; then setenv ota_slot {next(iter(s.slots))}; fi']
+            f'if test -z "${{ota_boot_slot}}"; then setenv ota_boot_slot {next(iter(s.slots))}; fi']
 
 
 def render_boot_script(s: BootScript) -> str:
@@ -160,7 +160,7 @@ def render_boot_script(s: BootScript) -> str:
         "# slots: " + " ".join(f"{n}={d} ({s.boot_variable}={s.boot_values[n]})" for n, d in s.slots.items()),
         f"# state: {variables} ({s.storage}"
         + (f": {s.env_file} on {s.env_device})" if s.storage == "file" else ")"),
-        "setenv ota_save 0",
+        "setenv ota_boot_save 0",
     ]
     if s.storage == "file":
         lines += [f"if load {s.env_device} {s.env_addr} {s.env_file}; then",
@@ -170,30 +170,32 @@ def render_boot_script(s: BootScript) -> str:
     lines += _select(s)
     lines += [
         'if test "${upgrade_available}" = "1"; then',
-        "    setenv ota_save 1",
-        "    setenv ota_left",
-        *("    " + line for line in _per_slot(s, "setenv ota_left ${{{left}}}")),
-        '    if test "${ota_left}" -gt 0; then',
-        "        setexpr ota_left ${ota_left} - 1",
-        *("        " + line for line in _per_slot(s, "setenv {left} ${{ota_left}}")),
+        "    setenv ota_boot_save 1",
+        "    setenv ota_boot_left",
+        *("    " + line for line in _per_slot(s, "setenv ota_boot_left ${{{left}}}")),
+        '    if test "${ota_boot_left}" -gt 0; then',
+        "        setexpr ota_boot_left ${ota_boot_left} - 1",
+        *("        " + line for line in _per_slot(s, "setenv {left} ${{ota_boot_left}}")),
         '        if test -z "${bootcount}"; then setenv bootcount 0; fi',
         "        setexpr bootcount ${bootcount} + 1",
-        '        echo "ota: slot ${ota_slot} is not committed: attempt ${bootcount}, ${ota_left} left"',
+        '        echo "ota: slot ${ota_boot_slot} is not committed: attempt ${bootcount}, ${ota_boot_left} left"',
         "    else",
-        '        echo "ota: slot ${ota_slot} used up its boot attempts: rolling back"',
-        "        setenv ota_rest",
-        '        for s in ${BOOT_ORDER}; do if test "${s}" != "${ota_slot}"; then setenv ota_rest ${ota_rest} ${s}; fi; done',
-        "        setenv BOOT_ORDER ${ota_rest} ${ota_slot}",
+        '        echo "ota: slot ${ota_boot_slot} used up its boot attempts: rolling back"',
+        "        setenv ota_boot_rest",
+        "        for s in ${BOOT_ORDER}; do",
+        '            if test "${s}" != "${ota_boot_slot}"; then setenv ota_boot_rest ${ota_boot_rest} ${s}; fi',
+        "        done",
+        "        setenv BOOT_ORDER ${ota_boot_rest} ${ota_boot_slot}",
         "        setenv upgrade_available 0",
         "        setenv bootcount 0",
         *("        " + line for line in _select(s)),
         "    fi",
         "fi",
-        *_per_slot(s, f"setenv {s.boot_variable} {{value}}; setenv ota_root {{device}}"),
-        'if test "${ota_save}" = "1"; then',
-        "    setenv ota_save",
-        "    setenv ota_left",
-        "    setenv ota_rest",
+        *_per_slot(s, f"setenv {s.boot_variable} {{value}}; setenv ota_boot_root {{device}}"),
+        'if test "${ota_boot_save}" = "1"; then',
+        "    setenv ota_boot_save",
+        "    setenv ota_boot_left",
+        "    setenv ota_boot_rest",
     ]
     if s.storage == "file":
         lines += [f"    env export -t {s.env_addr} {variables} {s.boot_variable}",
@@ -202,13 +204,13 @@ def render_boot_script(s: BootScript) -> str:
         lines += ["    saveenv"]
     lines += [
         "fi",
-        "setenv ota_save",
-        f"setenv bootargs ${{bootargs}} {s.bootargs} {SLOT_PARAMETER}=${{ota_slot}}".replace("  ", " "),
-        f'echo "ota: booting slot ${{ota_slot}} ({s.boot_variable}=${{{s.boot_variable}}} root=${{ota_root}})"',
+        "setenv ota_boot_save",
+        f"setenv bootargs ${{bootargs}} {s.bootargs} {SLOT_PARAMETER}=${{ota_boot_slot}}".replace("  ", " "),
+        f'echo "ota: booting slot ${{ota_boot_slot}} ({s.boot_variable}=${{{s.boot_variable}}} root=${{ota_boot_root}})"',
     ]
     if s.boot_commands:
         lines.append(s.boot_commands)
-    lines.append('echo "ota: slot ${ota_slot} did not boot"')
+    lines.append('echo "ota: slot ${ota_boot_slot} did not boot"')
     if s.on_failure:
         lines.append(s.on_failure)
     return "\n".join(lines) + "\n"
