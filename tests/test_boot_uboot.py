@@ -15,6 +15,7 @@ U-Boot's environment in flash holds the default environment with ``bootdelay=0``
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -27,8 +28,10 @@ import pytest
 from ota_build.device.bootscript import boot_script_settings, parse_env_text, render_boot_script
 
 UBOOT = Path("/usr/lib/u-boot/qemu_arm/u-boot.bin")
-TOOLS = ("qemu-system-arm", "mkimage", "mkenvimage", "mkfs.vfat", "mcopy", "sfdisk")
-MISSING = [t for t in TOOLS if not shutil.which(t)] + ([] if UBOOT.exists() else [str(UBOOT)])
+SEARCH = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"            # mkfs.vfat and sfdisk are in sbin
+TOOLS = {t: shutil.which(t, path=SEARCH) for t in ("qemu-system-arm", "mkimage", "mkenvimage", "mkfs.vfat", "mcopy",
+                                                   "mmd", "sfdisk")}
+MISSING = [t for t, p in TOOLS.items() if not p] + ([] if UBOOT.exists() else [str(UBOOT)])
 pytestmark = [pytest.mark.uboot,
               pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)} (Debian: qemu-system-arm "
                                                        "u-boot-qemu u-boot-tools dosfstools mtools fdisk)")]
@@ -43,7 +46,7 @@ BOOT_COMMANDS = "load ${devtype} ${bootpart} ${kernel_addr_r} /boot/zImage && bo
 
 
 def run(argv, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, check=True, capture_output=True, **kw)
+    return subprocess.run([TOOLS.get(argv[0]) or argv[0]] + argv[1:], check=True, capture_output=True, **kw)
 
 
 def fat_image(path: Path, files: Dict[str, bytes], label: str):
@@ -60,7 +63,7 @@ def fat_image(path: Path, files: Dict[str, bytes], label: str):
 def qemu(flash0: Path, flash1: Path, disk: Path, timeout: int = 60) -> str:
     """One boot; the serial console."""
     proc = subprocess.run(
-        ["qemu-system-arm", "-M", "virt", "-cpu", "cortex-a15", "-m", "256", "-nographic", "-nic", "none",
+        [str(TOOLS["qemu-system-arm"]), "-M", "virt", "-cpu", "cortex-a15", "-m", "256", "-nographic", "-nic", "none",
          "-no-reboot", "-drive", f"if=pflash,format=raw,file={flash0}", "-drive", f"if=pflash,format=raw,file={flash1}",
          "-drive", f"if=none,file={disk},format=raw,id=d0", "-device", "virtio-blk-device,drive=d0"],
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
@@ -101,7 +104,7 @@ class Machine:
                  "conv=notrunc", "status=none"])
 
     def env_bytes(self) -> Optional[bytes]:
-        proc = subprocess.run(["mcopy", "-n", "-i", f"{self.disk}@@{BOOT_START}", "::" + ENV_FILE, "-"],
+        proc = subprocess.run([str(TOOLS["mcopy"]), "-n", "-i", f"{self.disk}@@{BOOT_START}", "::" + ENV_FILE, "-"],
                               capture_output=True, check=False)
         return proc.stdout if proc.returncode == 0 else None
 

@@ -373,8 +373,9 @@ def test_boot_script_recipe_deploys_the_generated_script(build):
         assert "ota-boot:do_compile" in run.tasks and "ota-boot:do_deploy" in run.tasks, run.tasks
         expected = render_boot_script(boot_script_settings(
             {"a": "/dev/mmcblk0p2", "b": "/dev/mmcblk0p3"}, boot_variable="bootpart", boot_values={"a": "0:2", "b": "0:3"},
-            storage="file", boot_commands="load ${devtype} ${bootpart} ${kernel_addr_r} /boot/bzImage && load ${devtype} "
-                                          "${bootpart} ${fdt_addr_r} /boot/${fdtfile} && bootz ${kernel_addr_r} - ${fdt_addr_r}"))
+            storage="file", env_device="mmc 0:1",
+            boot_commands="load mmc ${bootpart} ${kernel_addr_r} /boot/bzImage && load mmc ${bootpart} ${fdt_addr_r} "
+                          "/boot/${fdtfile} && bootz ${kernel_addr_r} - ${fdt_addr_r}"))
         assert build.deployed("ota-boot.cmd").read_text() == expected
         scr = build.deployed("boot.scr").read_bytes()
         # legacy image header (64 bytes, type 6 = script), then the script's length table (length, 0)
