@@ -40,7 +40,8 @@ MIB = 1024 * 1024
 BOOT_START, PART_SIZE = 1 * MIB, 4 * MIB
 SLOTS = {"a": "/dev/vda2", "b": "/dev/vda3"}
 VALUES = {"a": "0:2", "b": "0:3"}
-KERNEL_SIZES = {"a": 1111, "b": 2222}            # "<n> bytes read": which partition the slot's load read
+SLOTS3, VALUES3 = {**SLOTS, "c": "/dev/vda4"}, {**VALUES, "c": "0:4"}      # the disk has a third slot partition
+KERNEL_SIZES = {"a": 1111, "b": 2222, "c": 3333}   # "<n> bytes read": which partition the slot's load read
 ENV_FILE = "ota-env.txt"
 BOOT_COMMANDS = "load ${devtype} ${bootpart} ${kernel_addr_r} /boot/zImage && bootz ${kernel_addr_r} - ${fdtcontroladdr}"
 
@@ -95,9 +96,9 @@ class Machine:
         for slot, size in KERNEL_SIZES.items():
             parts.append(self.dir / f"p-{slot}.vfat")
             fat_image(parts[-1], {"boot/zImage": slot.encode() * size}, f"ROOT{slot.upper()}")
-        run(["dd", "if=/dev/zero", f"of={self.disk}", "bs=1M", f"count={(BOOT_START + 3 * PART_SIZE) // MIB + 1}",
+        run(["dd", "if=/dev/zero", f"of={self.disk}", "bs=1M", f"count={(BOOT_START + len(parts) * PART_SIZE) // MIB + 1}",
              "status=none"])
-        table = "label: dos\n" + "".join(f"{(BOOT_START + i * PART_SIZE) // 512},{PART_SIZE // 512},c\n" for i in range(3))
+        table = "label: dos\n" + "".join(f"{(BOOT_START + i * PART_SIZE) // 512},{PART_SIZE // 512},c\n" for i in range(len(parts)))
         run(["sfdisk", "-q", str(self.disk)], input=table.encode())
         for i, part in enumerate(parts):
             run(["dd", f"if={part}", f"of={self.disk}", "bs=1M", f"seek={(BOOT_START + i * PART_SIZE) // MIB}",
@@ -135,7 +136,7 @@ class Boot:
 def check_slot(boot: Boot, slot: str):
     """The script chose ``slot``, set the boot variable, root and ota.slot for it, loaded from its partition."""
     assert boot.slot == slot, boot.console[-2000:]
-    assert (boot.bootpart, boot.root) == (VALUES[slot], SLOTS[slot])
+    assert (boot.bootpart, boot.root) == (VALUES3[slot], SLOTS3[slot])
     assert boot.kernel_bytes == KERNEL_SIZES[slot], boot.console[-2000:]
     assert "zimage: Bad magic!" in boot.console                # bootz ran on the slot's "kernel", which failed
     assert f"ota: slot {slot} did not boot" in boot.console and "resetting ..." in boot.console
@@ -280,3 +281,16 @@ def test_saveenv_mode_reads_the_environment_and_saves_only_an_uncommitted_slot(m
     assert "ota: slot b is not committed: attempt 1, 2 left" in boot.console
     assert boot.console.index("Saving Environment to Flash") < boot.console.index("ota: booting slot b")
     check_slot(boot, "b")
+
+
+def test_three_slots_rotate(machine):
+    """The rule is not two-slot only: c fails its attempt, the order rotates to "a b c"."""
+    machine.make_disk(render_boot_script(boot_script_settings(SLOTS3, boot_variable="bootpart", boot_values=VALUES3,
+                                                              storage="file", env_file=ENV_FILE,
+                                                              boot_commands=BOOT_COMMANDS)),
+                      env_text(BOOT_ORDER="c a b", BOOT_c_LEFT="1", upgrade_available="1", bootcount="0"))
+    check_slot(machine.boot(), "c")
+    boot = machine.boot()
+    assert "ota: slot c used up its boot attempts: rolling back" in boot.console
+    check_slot(boot, "a")
+    assert boot.vars["BOOT_ORDER"] == "a b c" and boot.vars["upgrade_available"] == "0"
