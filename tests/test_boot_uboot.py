@@ -15,6 +15,7 @@ U-Boot's environment in flash holds the default environment with ``bootdelay=0``
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import shutil
@@ -50,14 +51,15 @@ def run(argv, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([TOOLS.get(argv[0]) or argv[0]] + argv[1:], check=True, capture_output=True, **kw)
 
 
-def fat_image(path: Path, files: Dict[str, bytes], label: str):
-    run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={PART_SIZE // MIB}", "status=none"])
+def fat_image(path: Path, files: Dict[str, bytes], label: str, size: int = PART_SIZE):
+    with open(path, "wb") as fh:
+        fh.truncate(size)
     run(["mkfs.vfat", "-n", label, str(path)])
+    for folder in sorted({name.rsplit("/", 1)[0] for name in files if "/" in name}):
+        run(["mmd", "-i", str(path), "::" + folder])
     for name, data in files.items():
         src = path.with_name(name.replace("/", "_"))
         src.write_bytes(data)
-        if "/" in name:
-            run(["mmd", "-i", str(path), "::" + name.rsplit("/", 1)[0]])
         run(["mcopy", "-i", str(path), str(src), "::" + name])
 
 
@@ -84,7 +86,11 @@ class Machine:
     def disk(self) -> Path:
         return self.dir / "disk.img"
 
-    def make_disk(self, script: str, env: Optional[bytes]):
+    def make_disk(self, script: str, env: Optional[bytes], slot_files: Optional[Dict[str, Dict[str, bytes]]] = None):
+        """Boot partition with the compiled ``script`` (and ``env`` as the env file), then a FAT
+        partition per slot holding ``slot_files[slot]`` (default: a /boot/zImage of the slot's size)."""
+        slot_files = slot_files or {slot: {"boot/zImage": slot.encode() * size} for slot, size in KERNEL_SIZES.items()}
+        size = max([PART_SIZE] + [(sum(map(len, f.values())) // MIB + 3) * MIB for f in slot_files.values()])
         cmd, scr = self.dir / "boot.cmd", self.dir / "boot.scr"
         cmd.write_text(script)
         run(["mkimage", "-A", "arm", "-T", "script", "-C", "none", "-d", str(cmd), str(scr)])
@@ -92,17 +98,17 @@ class Machine:
         if env is not None:
             files[ENV_FILE] = env
         parts = [self.dir / "p1.vfat"]
-        fat_image(parts[0], files, "BOOT")
-        for slot, size in KERNEL_SIZES.items():
+        fat_image(parts[0], files, "BOOT", size)
+        for slot, content in slot_files.items():
             parts.append(self.dir / f"p-{slot}.vfat")
-            fat_image(parts[-1], {"boot/zImage": slot.encode() * size}, f"ROOT{slot.upper()}")
-        run(["dd", "if=/dev/zero", f"of={self.disk}", "bs=1M", f"count={(BOOT_START + len(parts) * PART_SIZE) // MIB + 1}",
-             "status=none"])
-        table = "label: dos\n" + "".join(f"{(BOOT_START + i * PART_SIZE) // 512},{PART_SIZE // 512},c\n" for i in range(len(parts)))
+            fat_image(parts[-1], content, f"ROOT{slot.upper()}", size)
+        with open(self.disk, "wb") as fh:
+            fh.truncate(BOOT_START + len(parts) * size + MIB)
+        table = "label: dos\n" + "".join(f"{(BOOT_START + i * size) // 512},{size // 512},c\n" for i in range(len(parts)))
         run(["sfdisk", "-q", str(self.disk)], input=table.encode())
         for i, part in enumerate(parts):
-            run(["dd", f"if={part}", f"of={self.disk}", "bs=1M", f"seek={(BOOT_START + i * PART_SIZE) // MIB}",
-                 "conv=notrunc", "status=none"])
+            run(["dd", f"if={part}", f"of={self.disk}", "bs=1M", f"seek={(BOOT_START + i * size) // MIB}",
+                 "conv=notrunc,sparse", "status=none"])
 
     def env_bytes(self) -> Optional[bytes]:
         proc = subprocess.run([str(TOOLS["mcopy"]), "-n", "-i", f"{self.disk}@@{BOOT_START}", "::" + ENV_FILE, "-"],
@@ -294,3 +300,54 @@ def test_three_slots_rotate(machine):
     assert "ota: slot c used up its boot attempts: rolling back" in boot.console
     check_slot(boot, "a")
     assert boot.vars["BOOT_ORDER"] == "a b c" and boot.vars["upgrade_available"] == "0"
+
+
+LINUX_DEBS = Path(os.environ.get("OTA_TEST_LINUX_DEBS", "/var/cache/ota-test/armhf"))
+INIT = """#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+echo "ota-test: /proc/cmdline: $(/bin/busybox cat /proc/cmdline)"
+/bin/busybox poweroff -f
+"""
+
+
+def linux_files(tmp: Path) -> Dict[str, bytes]:
+    """/boot/zImage (Debian's armmp kernel) and /boot/initrd (busybox; /init prints /proc/cmdline, powers off)."""
+    kernel = sorted(LINUX_DEBS.glob("linux-image-*-armmp_*_armhf.deb"))
+    busybox = sorted(LINUX_DEBS.glob("busybox-static_*_armhf.deb"))
+    if not kernel or not busybox or not shutil.which("dpkg-deb") or not shutil.which("cpio"):
+        pytest.skip(f"no Debian armhf kernel and busybox-static .debs in {LINUX_DEBS} (OTA_TEST_LINUX_DEBS; .ci/run "
+                    "downloads them: dpkg --add-architecture armhf; apt-get download linux-image-<version>-armmp:armhf "
+                    "busybox-static:armhf), or no dpkg-deb/cpio")
+    root = tmp / "initrd"
+    for deb in (kernel[-1], busybox[-1]):
+        run(["dpkg-deb", "-x", str(deb), str(tmp / "debs")])
+    (root / "bin").mkdir(parents=True)
+    (root / "proc").mkdir()
+    (root / "dev").mkdir()
+    shutil.copy(tmp / "debs" / "bin" / "busybox", root / "bin" / "busybox")
+    (root / "init").write_text(INIT)
+    (root / "init").chmod(0o755)
+    names = "\n".join(sorted(str(p.relative_to(root)) for p in root.rglob("*"))) + "\n"
+    archive = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=names.encode(), cwd=root, check=True,
+                             capture_output=True).stdout
+    return {"boot/zImage": next((tmp / "debs" / "boot").glob("vmlinuz-*")).read_bytes(),
+            "boot/initrd": gzip.compress(archive, 1)}
+
+
+def test_linux_boots_the_chosen_slot_with_ota_slot_on_its_command_line(machine, tmp_path):
+    """A real kernel from the slot: the uncommitted slot b is counted, its kernel and initramfs
+    load from b's partition, and Linux's /proc/cmdline ends with ota.slot=b (the agent's source)."""
+    files = linux_files(tmp_path)
+    machine.make_disk(render_boot_script(boot_script_settings(
+        SLOTS, boot_variable="bootpart", boot_values=VALUES, storage="file", env_file=ENV_FILE,
+        bootargs="console=ttyAMA0 quiet root=${ota_boot_root} rootwait",
+        boot_commands="load virtio ${bootpart} ${kernel_addr_r} /boot/zImage && load virtio ${bootpart} "
+                      "${ramdisk_addr_r} /boot/initrd && bootz ${kernel_addr_r} ${ramdisk_addr_r}:${filesize} "
+                      "${fdtcontroladdr}")),
+        env_text(BOOT_ORDER="b a", BOOT_b_LEFT="3", upgrade_available="1", bootcount="0", bootlimit="3"),
+        slot_files={"a": {"boot/zImage": b"not a kernel"}, "b": files})
+    console = qemu(machine.flash0, machine.flash1, machine.disk, timeout=240)
+    assert "ota: slot b is not committed: attempt 1, 2 left" in console, console[-3000:]
+    cmdline = re.findall(r"^ota-test: /proc/cmdline: (.*)$", console, re.M)
+    assert cmdline == ["console=ttyAMA0 quiet root=/dev/vda3 rootwait ota.slot=b"], console[-3000:]
+    assert parse_env_text(machine.env_bytes() or b"")["BOOT_b_LEFT"] == "2"
