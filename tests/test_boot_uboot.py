@@ -351,3 +351,11 @@ def test_linux_boots_the_chosen_slot_with_ota_slot_on_its_command_line(machine, 
     cmdline = re.findall(r"^ota-test: /proc/cmdline: (.*)$", console, re.M)
     assert cmdline == ["console=ttyAMA0 quiet root=/dev/vda3 rootwait ota.slot=b"], console[-3000:]
     assert parse_env_text(machine.env_bytes() or b"")["BOOT_b_LEFT"] == "2"
+
+
+def test_a_damaged_counter_still_counts_down(machine):
+    """A counter that is not one number (a damaged file) is read as its leading number, never kept as is."""
+    machine.make_disk(script(), env_text(BOOT_ORDER="b a", BOOT_b_LEFT="2 * 9", upgrade_available="1", bootcount="x"))
+    boot = machine.boot()
+    check_slot(boot, "b")
+    assert boot.vars["BOOT_b_LEFT"] == "1"
