@@ -14,6 +14,7 @@ conf/ota-test-build.conf). About a minute per release on 2 cores once the tree i
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pwd
@@ -348,3 +349,46 @@ def test_no_secret_under_tmpdir_sstate_or_cache(build):
                 data = path.read_bytes()
                 found += [f"{secret} in {path}" for secret, value in needles.items() if value in data]
     assert not found, "\n".join(found[:20])
+
+
+BOOT_RELEASE = RELEASES[-1] if RELEASES else ""
+BOOT_SETTINGS = {"OTA_AGENT_SLOTS": "a=/dev/mmcblk0p2 b=/dev/mmcblk0p3", "OTA_AGENT_BOOT_VARIABLE": "bootpart",
+                 "OTA_AGENT_BOOT_VALUES": "a=0:2 b=0:3", "OTA_BOOT_ENV_STORAGE": "file", "UBOOT_ENV_SIZE": "0x4000"}
+
+
+def test_boot_script_recipe_deploys_the_generated_script(build):
+    """ota-boot (one release: the boot side does not depend on it): the deployed boot.scr is
+    mkimage's script image of exactly what ota_build's generator writes for the settings, and
+    the package's /etc/fw_env.config has the environment's line; without slots it is skipped."""
+    if build.release != BOOT_RELEASE:
+        pytest.skip(f"ota-boot is built on {BOOT_RELEASE} only")
+    from ota_build.device.bootscript import boot_script_settings, render_boot_script
+
+    run = build.bitbake("bitbake ota-boot")
+    assert run.returncode != 0 and "OTA_AGENT_SLOTS must name two slots" in run.output, run.output[-3000:]
+    try:
+        build.settings(**BOOT_SETTINGS)
+        run = build.bitbake("bitbake ota-boot")
+        build.timings["ota-boot"] = run.seconds
+        assert run.returncode == 0 and not problems(run), run.output[-5000:]
+        assert {"ota-boot:do_deploy", "ota-boot:do_deploy_setscene"} & set(run.tasks), run.tasks   # built or from sstate
+        expected = render_boot_script(boot_script_settings(
+            {"a": "/dev/mmcblk0p2", "b": "/dev/mmcblk0p3"}, boot_variable="bootpart", boot_values={"a": "0:2", "b": "0:3"},
+            storage="file", env_device="mmc 0:1",
+            boot_commands="load mmc ${bootpart} ${kernel_addr_r} /boot/bzImage && load mmc ${bootpart} ${fdt_addr_r} "
+                          "/boot/${fdtfile} && bootz ${kernel_addr_r} - ${fdt_addr_r}"))
+        assert build.deployed("ota-boot.cmd").read_text() == expected
+        scr = build.deployed("boot.scr").read_bytes()
+        # legacy image header (64 bytes, type 6 = script), then the script's length table (length, 0)
+        assert scr[:4] == b"\x27\x05\x19\x56" and scr[30] == 6, scr[:64]
+        length = int.from_bytes(scr[64:68], "big")
+        assert scr[72:72 + length].decode() == expected
+        deb = next((build.tmpdir / "deploy" / "deb").glob("*/ota-boot_*.deb"))
+        fsys = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(fsys)) as tar:
+            assert sorted(m.name for m in tar.getmembers() if m.isfile()) == ["./etc/fw_env.config"]
+            config = tar.extractfile("./etc/fw_env.config").read().decode()
+        assert config.splitlines()[-1] == "/uboot/uboot.env 0x0000 0x4000"
+        assert build.bitbake("bitbake -c clean ota-boot").returncode == 0
+    finally:
+        build.settings()

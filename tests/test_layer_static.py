@@ -266,3 +266,79 @@ print(d.expand("${{@ota_settings_problem(d)[1]}}"), d.expand("${{@ota_library(d)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["None", str(src / "ota_build" / "__init__.py"), "False"], proc.stdout
     assert not list(src.rglob("__pycache__")) and not list(src.rglob("*.pyc"))
+
+
+# --- the boot side (recipes-bsp/ota-boot, files/wic; docs/boot.md) -------------------------------
+BOOT_RECIPE = LAYER / "recipes-bsp" / "ota-boot" / "ota-boot_1.0.bb"
+WKS = {"ota-ab-beaglebone.wks": "mmcblk0", "ota-ab-sama5d2-sd.wks": "mmcblk1"}
+
+
+def test_boot_settings_are_documented():
+    common = (LAYER / "classes" / "ota-common.bbclass").read_text()
+    names = re.findall(r"^(OTA_BOOT_[A-Z_]+) \?\?=", common, re.M)
+    assert len(names) >= 8, names
+    for name in names + ["OTA_BOOT_SCRIPT_NAME"]:
+        assert re.search(rf"^{name}\[doc\] = \"[^\"]+\"$", common + BOOT_RECIPE.read_text(), re.M), f"{name}: no [doc]"
+        assert f"`{name}`" in (ROOT / "README.md").read_text() + (ROOT / "docs" / "boot.md").read_text(), name
+    # every setting reaches the signature of the task that uses it
+    compile_vardeps = re.search(r'do_compile\[vardeps\] \+= "(.*?)"', BOOT_RECIPE.read_text().replace("\\\n", " "), re.S)
+    assert compile_vardeps and set(names) <= set(compile_vardeps.group(1).split()), names
+    for name in ("OTA_AGENT_SLOTS", "OTA_AGENT_BOOT_VARIABLE", "OTA_AGENT_BOOT_VALUES"):
+        assert name in compile_vardeps.group(1).split()
+
+
+@pytest.mark.parametrize("kernel, boot", [("zImage", "bootz"), ("Image", "booti"), ("uImage", "bootm")])
+def test_boot_defaults_keep_uboot_references(tmp_path, kernel, boot):
+    """Expanded by a real BitBake datastore: U-Boot's ${...} stay as written, BitBake's own are filled in."""
+    bb = bitbake_lib("scarthgap")
+    tree = release_tree("scarthgap")
+    d = bitbake_datastore(bb, tree, BOOT_RECIPE, TOPDIR=tmp_path, TMPDIR=tmp_path / "tmp", KERNEL_IMAGETYPE=kernel,
+                          OTA_AGENT_SLOTS="a=/dev/mmcblk0p2 b=/dev/mmcblk0p3", OTA_AGENT_BOOT_VARIABLE="bootpart")
+    assert d.getVar("OTA_BOOT_COMMANDS") == (
+        f"load mmc ${{bootpart}} ${{kernel_addr_r}} /boot/{kernel} && load mmc ${{bootpart}} "
+        f"${{fdt_addr_r}} /boot/${{fdtfile}} && {boot} ${{kernel_addr_r}} - ${{fdt_addr_r}}")
+    assert d.getVar("OTA_BOOT_ARGS") == "root=${ota_boot_root} rootwait"
+    assert d.getVar("OTA_BOOT_ENV_DEVICE") == "${devtype} ${devnum}:${distro_bootpart}"     # values are slot names
+    d.setVar("OTA_AGENT_BOOT_VALUES", "a=1:2 b=1:3")
+    assert d.getVar("OTA_BOOT_ENV_DEVICE") == "mmc 1:1"
+    d.setVar("OTA_BOOT_DEVTYPE", "virtio")
+    assert d.getVar("OTA_BOOT_ENV_DEVICE") == "virtio 1:1" and d.getVar("OTA_BOOT_COMMANDS").startswith("load virtio ${bootpart}")
+    assert d.getVar("OTA_BOOT_FW_ENV_CONFIG") == "/uboot/uboot.env 0x0000 0x20000"
+    d.setVar("UBOOT_ENV_SIZE", "0x4000")                          # meta-atmel's SAMA5D2 SD machines
+    assert d.getVar("OTA_BOOT_FW_ENV_CONFIG") == "/uboot/uboot.env 0x0000 0x4000"
+    assert "u-boot-tools-native" in d.getVar("DEPENDS").split()
+    assert d.getVar("PACKAGE_ARCH", False) == "${MACHINE_ARCH}"
+
+
+WKS_PARSE = """
+import json, sys
+sys.path[:0] = [sys.argv[1] + "/scripts/lib", sys.argv[1] + "/bitbake/lib"]
+from wic.ksparser import KickStart
+parts = KickStart(sys.argv[2]).partitions
+print(json.dumps([dict(mountpoint=p.mountpoint, source=p.source, fstype=p.fstype, label=p.label, disk=p.disk,
+                       active=bool(p.active)) for p in parts]))
+"""
+
+
+@pytest.mark.parametrize("release", ["kirkstone", "scarthgap"])
+@pytest.mark.parametrize("wks", sorted(WKS))
+def test_wks_layouts_parse_and_match_their_slot_settings(release, wks):
+    """Parsed by the release's own wic (wrynose's oe-core no longer carries wic); the partition
+    numbers of the two slots are those the file's "Matching settings" name."""
+    import json
+
+    tree = release_tree(release)
+    path = LAYER / "files" / "wic" / wks
+    proc = subprocess.run([sys.executable, "-c", WKS_PARSE, str(tree), str(path)], capture_output=True, text=True,
+                          check=False, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    parts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [(p["mountpoint"], p["source"], p["fstype"]) for p in parts] == [
+        ("/uboot", "bootimg-partition", "vfat"), ("/", "rootfs", "ext4"), (None, "rootfs", "ext4"), ("/data", None, "ext4")]
+    assert parts[0]["active"] and {p["disk"] for p in parts} == {WKS[wks]}
+    text = path.read_text()
+    slots = dict(s.split("=") for s in re.search(r'OTA_AGENT_SLOTS = "([^"]+)"', text).group(1).split())
+    values = dict(s.split("=") for s in re.search(r'OTA_AGENT_BOOT_VALUES = "([^"]+)"', text).group(1).split())
+    assert slots == {"a": f"/dev/{WKS[wks]}p2", "b": f"/dev/{WKS[wks]}p3"}
+    assert values == {"a": f"{WKS[wks][-1]}:2", "b": f"{WKS[wks][-1]}:3"}
+    assert (parts[1]["label"], parts[2]["label"]) == ("root_a", "root_b")

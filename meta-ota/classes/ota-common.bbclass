@@ -38,6 +38,26 @@ OTA_AGENT_COMMAND ??= "/sbin/sysupgrade {image}"
 OTA_AGENT_POLL_INTERVAL ??= "300"
 OTA_AGENT_LOCAL_PORT ??= "5000"
 OTA_AGENT_DESCRIPTION ??= "${MACHINE}"
+# The boot side (recipes-bsp/ota-boot, docs/boot.md): the A/B boot script and fw_env.config.
+# Values in U-Boot syntax (${devtype}, ${kernel_addr_r}, ...) are U-Boot's: BitBake keeps them as written.
+OTA_BOOT_ENV_STORAGE ??= "saveenv"
+OTA_BOOT_ENV_STORAGE[doc] = "Where the boot script keeps the boot state: saveenv (U-Boot's environment) or file (OTA_BOOT_ENV_FILE on the boot partition)."
+OTA_BOOT_ENV_FILE ??= "ota-env.txt"
+OTA_BOOT_ENV_FILE[doc] = "File mode: the KEY=value text file on the FAT boot partition (env import/export -t), also the agent's key=value back-end."
+OTA_BOOT_DEVTYPE ??= "mmc"
+OTA_BOOT_DEVTYPE[doc] = "U-Boot interface of the card or chip that holds the boot partition and the slots (mmc, usb, virtio, ...)."
+OTA_BOOT_ENV_DEVICE ??= "${@ota_boot_env_device(d)}"
+OTA_BOOT_ENV_DEVICE[doc] = "File mode: U-Boot interface and dev:part of the boot partition (default: partition 1 of the slots' device, from OTA_AGENT_BOOT_VALUES)."
+OTA_BOOT_ENV_ADDR ??= "${kernel_addr_r}"
+OTA_BOOT_ENV_ADDR[doc] = "File mode: RAM address the env file is loaded to and exported at (before the kernel is loaded)."
+OTA_BOOT_ARGS ??= "root=${ota_boot_root} rootwait"
+OTA_BOOT_ARGS[doc] = "Appended to U-Boot's bootargs before ota.slot=<slot>; ${ota_boot_root} is the slot's device from OTA_AGENT_SLOTS."
+OTA_BOOT_COMMANDS ??= "${@ota_boot_default_commands(d)}"
+OTA_BOOT_COMMANDS[doc] = "One line of U-Boot commands that load the slot's kernel and device tree and boot them (default: from the slot's /boot with the boot variable's dev:part)."
+OTA_BOOT_ON_FAILURE ??= "reset"
+OTA_BOOT_ON_FAILURE[doc] = "U-Boot command run when OTA_BOOT_COMMANDS return (the slot did not boot): reset makes the next boot count another attempt."
+OTA_BOOT_FW_ENV_CONFIG ??= "/uboot/uboot.env 0x0000 ${@d.getVar('UBOOT_ENV_SIZE') or '0x20000'}"
+OTA_BOOT_FW_ENV_CONFIG[doc] = "The line of /etc/fw_env.config (device or file, offset, size) for fw_setenv: U-Boot's env file on the boot partition, mounted at /uboot."
 
 # --- derived ------------------------------------------------------------------
 OTA_SIGNING_KEY_FILE = "${@d.getVar('OTA_SIGNING_KEY') or d.getVar('OTA_DEV_KEY_DIR') + '/ota-signing.key.pem'}"
@@ -69,6 +89,26 @@ OTA_FILE_CHECKSUMS = "${@ota_file_checksums(d, d.getVar('OTA_CHECKSUM_FILE_VARS'
 OTA_KEY_CHECKSUMS = "${@ota_file_checksums(d, 'OTA_SIGNING_KEY_FILE')}"
 OTA_CONFIG_CHECKSUMS = "${@ota_file_checksums(d, 'OTA_CONFIG')}"
 OTA_NATIVE_DEPENDS = "ota-build-native:do_populate_sysroot python3-native:do_populate_sysroot openssl-native:do_populate_sysroot"
+
+def ota_boot_default_commands(d):
+    """OTA_BOOT_COMMANDS' default: load the kernel (KERNEL_IMAGETYPE) and ${fdtfile} from the
+    slot's /boot, on OTA_BOOT_DEVTYPE at the boot variable's value (dev:part, OTA_AGENT_BOOT_VALUES),
+    and boot them with bootz (zImage), booti (Image) or bootm (uImage)."""
+    kernel = d.getVar("KERNEL_IMAGETYPE") or "zImage"
+    boot = {"Image": "booti", "uImage": "bootm"}.get(kernel, "bootz")
+    where = "%s ${%s}" % (d.getVar("OTA_BOOT_DEVTYPE"), d.getVar("OTA_AGENT_BOOT_VARIABLE"))
+    return ("load %s ${kernel_addr_r} /boot/%s && load %s ${fdt_addr_r} /boot/${fdtfile} && %s ${kernel_addr_r} - ${fdt_addr_r}"
+            % (where, kernel, where, boot))
+
+def ota_boot_env_device(d):
+    """OTA_BOOT_ENV_DEVICE's default: partition 1 (the boot partition of the layer's wks layouts)
+    of the device the slots' boot values name ("a=0:2 b=0:3": "mmc 0:1"); without dev:part
+    values, where U-Boot's distro boot found the script."""
+    import re
+    values = [v.partition("=")[2] for v in (d.getVar("OTA_AGENT_BOOT_VALUES") or "").split()]
+    if values and re.fullmatch(r"[0-9]+:[0-9]+", values[0]):
+        return "%s %s:1" % (d.getVar("OTA_BOOT_DEVTYPE"), values[0].split(":")[0])
+    return "${devtype} ${devnum}:${distro_bootpart}"
 
 def ota_file_checksums(d, names):
     """[file-checksums] entries for the files the variables ``names`` name: "path:True" when

@@ -1,6 +1,6 @@
 """``ota-build``: the command-line entry point.
 
-Subcommands: record, keygen, package, verify, inspect, demo, (service.py) serve, admin,
+Subcommands: record, keygen, package, verify, inspect, agent-config, boot-script, demo, (service.py) serve, admin,
 upload, list, deploy, devices, pack, and (packager.py) packager-pack, packager-verify. Exit codes are
 listed in ``ota_build.core.errors`` and docs/exit-codes.md; every failure is one line
 on stderr, never a traceback (``--debug`` shows one).
@@ -126,6 +126,21 @@ def cmd_agent_config(args: argparse.Namespace) -> int:
                              health_check=shlex.split(args.health_check) if args.health_check else None,
                              payload_fstype=args.payload_fstype)
     atomic_write_text(args.output, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    print(args.output)
+    return 0
+
+
+def cmd_boot_script(args: argparse.Namespace) -> int:
+    from ota_build.core.files import atomic_write_text
+    from ota_build.device.bootscript import boot_script_settings, render_boot_script
+    from ota_build.device.config import parse_pairs
+
+    settings = boot_script_settings(parse_pairs(args.slot or [], "slot"), boot_variable=args.boot_variable,
+                                    boot_values=parse_pairs(args.boot_value or [], "boot value"),
+                                    storage=args.env_storage, env_file=args.env_file, env_device=args.env_device,
+                                    env_addr=args.env_addr, bootargs=args.bootargs, boot_commands=args.boot_commands,
+                                    on_failure=args.on_failure)
+    atomic_write_text(args.output, render_boot_script(settings))
     print(args.output)
     return 0
 
@@ -262,6 +277,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--description", default="", help="device description")
     p.add_argument("-o", "--output", default="ota-agent.json", help="output file (default: ota-agent.json)")
     p.set_defaults(func=cmd_agent_config)
+
+    from ota_build.device import bootscript as bs
+
+    p = sub.add_parser("boot-script", help="write the A/B U-Boot boot script (boot.cmd)",
+                       description="Write the U-Boot script that boots the first slot of BOOT_ORDER, counts the "
+                                   "attempts of an uncommitted slot and rolls back after them (docs/boot.md). Used by "
+                                   "meta-ota's ota-boot recipe; compile the result with 'mkimage -A arm -T script "
+                                   "-C none -d boot.cmd boot.scr'. U-Boot ${...} references are written as given.")
+    p.add_argument("--slot", action="append", metavar="NAME=DEVICE", required=True,
+                   help="A/B slot and its root device in Linux, e.g. a=/dev/mmcblk0p2 (two or more, in order)")
+    p.add_argument("--boot-variable", default="ota_slot",
+                   help="U-Boot variable the board's boot commands read (default: ota_slot)")
+    p.add_argument("--boot-value", action="append", metavar="NAME=VALUE",
+                   help="value of the boot variable for a slot, e.g. a=0:2 (default: the slot name)")
+    p.add_argument("--env-storage", choices=bs.STORAGE_MODES, default="saveenv",
+                   help="where the boot state is kept: saveenv (U-Boot's environment) or file (a text file "
+                        "on the boot partition, env import/export -t) (default: saveenv)")
+    p.add_argument("--env-file", default=bs.DEFAULT_ENV_FILE,
+                   help=f"file mode: the file on the boot partition (default: {bs.DEFAULT_ENV_FILE})")
+    p.add_argument("--env-device", default=bs.DEFAULT_ENV_DEVICE,
+                   help="file mode: U-Boot interface and dev:part of the boot partition "
+                        "(default: the script's own, '${devtype} ${devnum}:${distro_bootpart}')")
+    p.add_argument("--env-addr", default=bs.DEFAULT_ENV_ADDR,
+                   help="file mode: RAM address for the file (default: ${kernel_addr_r})")
+    p.add_argument("--bootargs", default=bs.DEFAULT_BOOTARGS,
+                   help="appended to bootargs before ota.slot=<slot>; ${ota_boot_root} is the slot's device "
+                        f"(default: '{bs.DEFAULT_BOOTARGS}')")
+    p.add_argument("--boot-commands", default="",
+                   help="one line of U-Boot commands that load and boot the kernel of the slot "
+                        "(${ota_boot_slot}, ${ota_boot_root} and the boot variable are set) (default: none)")
+    p.add_argument("--on-failure", default=bs.DEFAULT_ON_FAILURE,
+                   help="run when the boot commands return, i.e. the slot did not boot "
+                        f"(default: {bs.DEFAULT_ON_FAILURE}: the next boot counts another attempt)")
+    p.add_argument("-o", "--output", default="boot.cmd", help="output file (default: boot.cmd)")
+    p.set_defaults(func=cmd_boot_script)
 
     p = sub.add_parser("demo", help="run the whole journey on a generated sample image",
                        description="Sample rootfs, development key, record, hub_update.bin, verify; then an OTA "

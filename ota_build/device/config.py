@@ -14,7 +14,7 @@ import os
 import re
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ota_build.core.errors import ConfigError
 from ota_build.core.schema import load_schema, load_validated, validate
@@ -136,7 +136,8 @@ def load_agent_config(path: str, env: Optional[Mapping[str, str]] = None) -> Age
     )
 
 
-def _pairs(items: List[str], what: str) -> Dict[str, str]:
+def parse_pairs(items: Sequence[str], what: str) -> Dict[str, str]:
+    """``NAME=VALUE`` items (``a=/dev/mmcblk0p2``) as an ordered dict; ConfigError names the bad one."""
     out: Dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -163,14 +164,14 @@ def build_agent_config(server: str, device_type: str, public_keys: List[str], ot
     read on the device from ``device_file`` and ``device_token_file``.
     Raises ConfigError naming the problem; the result validates against the schema.
     """
-    slot_map = _pairs(slots or [], "slot")
+    slot_map = parse_pairs(slots or [], "slot")
     installer: Dict[str, Any]
     if slot_map:
         if len(slot_map) < 2:
             raise ConfigError("slots: the A/B installer needs at least two slots (a=/dev/... b=/dev/...)")
         installer = {"type": "archive" if payload_fstype == "tar.gz" else "ab", "slots": slot_map,
                      "bootEnv": {"tool": "fw_setenv", "variable": boot_variable,
-                                 "values": _pairs(boot_values or [], "boot value")}}
+                                 "values": parse_pairs(boot_values or [], "boot value")}}
     else:
         if not command:
             raise ConfigError("command: the command installer needs a command (e.g. /sbin/sysupgrade {image})")
