@@ -243,7 +243,7 @@ def test_new_key_re_signs(build):
     build.own(build.key, build.key.with_suffix(".pub"))
     try:
         run = build.build("new key")
-        assert "ota-record:do_compile" in run.tasks and f"{IMAGE}:do_ota_package" in run.tasks, run.tasks
+        assert "ota-record:do_compile" in run.tasks and f"{IMAGE}:do_image_hub_update_bin" in run.tasks, run.tasks
         check_release(build, build.key.with_suffix(".pub").read_bytes())
         assert build.key.with_suffix(".pub").read_bytes() != old[1]
     finally:
@@ -297,7 +297,7 @@ def tar_members(path: Path) -> list:
 
 
 def test_clean_removes_the_release_and_a_rebuild_makes_the_same(build):
-    """``bitbake -c clean`` removes what do_ota_package deployed (sstate-managed); the rebuild
+    """``bitbake -c clean`` removes what image.bbclass deployed (do_image_complete, sstate); the rebuild
     makes the same release: byte for byte where oe-core's image is reproducible (wrynose);
     before that, IMAGE_CMD:tar (kirkstone, scarthgap) writes the files' atime/ctime into pax
     headers, so only the tar's members and the record are the same."""
