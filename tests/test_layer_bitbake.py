@@ -213,7 +213,7 @@ def test_release_verifies_with_the_key_in_the_rootfs(build):
 
 
 def test_image_type_deploys_through_image_bbclass(build):
-    """hub_update.bin is an image type: do_image_hub_update_bin writes <IMAGE_NAME>.hub_update.bin,
+    """hub_update.bin is an image type: do_image_hub_update writes <IMAGE_NAME>.hub_update.bin,
     image.bbclass makes <IMAGE_LINK_NAME>.hub_update.bin and deploys it with do_image_complete
     (its sstate manifest lists the files); the stable name hub_update.bin points at it."""
     link_name = build.rootfs_tar.name[:-len(".tar.gz")]             # IMAGE_LINK_NAME of this release
@@ -232,7 +232,7 @@ def test_image_type_deploys_through_image_bbclass(build):
     assert not list((build.tmpdir / "sstate-control").glob(f"manifest-*-{IMAGE}.ota_package"))
     env = build.bitbake(f"bitbake -e {IMAGE}")
     assert re.search(r'^IMAGE_FSTYPES=".*\bhub_update\.bin\b', env.output, re.M)
-    assert re.search(r"^do_image_hub_update_bin\(\)", env.output, re.M)
+    assert re.search(r"^do_image_hub_update\(\)", env.output, re.M)
 
 
 def test_image_fstypes_per_image(build):
@@ -246,12 +246,12 @@ def test_image_fstypes_per_image(build):
         assert env.returncode == 0, env.output[-3000:]
         assert "hub_update.bin" not in re.search(r'^IMAGE_FSTYPES="(.*)"', env.output, re.M).group(1).split()
         assert "ota-record" not in re.search(r'^IMAGE_INSTALL="(.*)"', env.output, re.M).group(1).split()
-        assert not re.search(r"^do_image_hub_update_bin\(\)", env.output, re.M)
+        assert not re.search(r"^do_image_hub_update\(\)", env.output, re.M)
         assert build.bitbake(f"bitbake -c clean {IMAGE}-b").returncode == 0
         run = build.bitbake(f"bitbake {IMAGE}-b")
         build.timings["per-image type"] = run.seconds
         assert run.returncode == 0 and not problems(run), run.output[-5000:]
-        assert f"{IMAGE}-b:do_image_hub_update_bin" in run.tasks and not any(t.startswith(f"{IMAGE}:") for t in run.tasks)
+        assert f"{IMAGE}-b:do_image_hub_update" in run.tasks and not any(t.startswith(f"{IMAGE}:") for t in run.tasks)
         links = [p for p in build.deploy.glob(f"{IMAGE}-b-qemux86-64*.hub_update.bin") if p.is_symlink()]
         assert len(links) == 1, links
         verify_file(str(links[0]), Keyring.from_files([str(build.key.with_suffix(".pub"))]), expected_type=5)
@@ -268,15 +268,16 @@ def test_two_clean_tmpdirs_give_a_byte_identical_release(build):
     if build.release != "wrynose":
         pytest.skip("oe-core's tar image is reproducible from wrynose on (IMAGE_CMD:tar pax atime/ctime before)")
     assert build.build("before the clean TMPDIR").returncode == 0
-    first = build.deployed("hub_update.bin").read_bytes()
+    link = build.rootfs_tar.name[:-len(".tar.gz")] + ".hub_update.bin"       # <IMAGE_LINK_NAME>.hub_update.bin
+    first = build.deployed(link).read_bytes()
     other_tmp, other_sstate = build.dir / "tmp-repro", build.dir / "sstate-repro"
     try:
         for path in (other_tmp, other_sstate):
             shutil.rmtree(path, ignore_errors=True)
         build.settings(TMPDIR="${TOPDIR}/tmp-repro", SSTATE_DIR="${TOPDIR}/sstate-repro")
         run = build.build("clean TMPDIR and sstate")
-        assert "ota-record:do_compile" in run.tasks and f"{IMAGE}:do_image_hub_update_bin" in run.tasks, run.tasks
-        second = (other_tmp / "deploy" / "images" / "qemux86-64" / "hub_update.bin").read_bytes()
+        assert "ota-record:do_compile" in run.tasks and f"{IMAGE}:do_image_hub_update" in run.tasks, run.tasks
+        second = (other_tmp / "deploy" / "images" / "qemux86-64" / link).read_bytes()
         assert second == first
     finally:
         build.settings()
@@ -315,7 +316,7 @@ def test_new_key_re_signs(build):
     build.own(build.key, build.key.with_suffix(".pub"))
     try:
         run = build.build("new key")
-        assert "ota-record:do_compile" in run.tasks and f"{IMAGE}:do_image_hub_update_bin" in run.tasks, run.tasks
+        assert "ota-record:do_compile" in run.tasks and f"{IMAGE}:do_image_hub_update" in run.tasks, run.tasks
         check_release(build, build.key.with_suffix(".pub").read_bytes())
         assert build.key.with_suffix(".pub").read_bytes() != old[1]
     finally:

@@ -114,7 +114,7 @@ def test_every_ota_task_keeps_secrets_out_of_signatures_and_scripts():
             assert not re.search(rf"^export {secret}|getVar\([\"']{secret}|\$\{{{secret}\}}", text, re.M), \
                 f"{path.name}: {secret}"
     image = (LAYER / "classes" / "ota-image.bbclass").read_text()
-    assert 'do_image_hub_update_bin[ota-secrets] = "OTA_KEY_PASSWORD"' in image
+    assert 'do_image_hub_update[ota-secrets] = "OTA_KEY_PASSWORD"' in image
     assert 'do_ota_upload[ota-secrets] = "${OTA_SECRET_ENV_VARS}"' in image
     assert 'do_ota_upload[network] = "1"' in image
     assert 'do_ota_upload[vardepsexclude] += "${OTA_PATH_VARS} ${OTA_SECRET_ENV_VARS} BB_ORIGENV"' in image
@@ -130,7 +130,7 @@ def test_key_config_and_record_changes_rerun_the_ota_tasks():
     assert 'do_compile[file-checksums] += "${OTA_FILE_CHECKSUMS}"' in record
     assert 'do_compile[vardeps] += "${OTA_VALUE_VARS}' in record
     image = (LAYER / "classes" / "ota-image.bbclass").read_text()
-    assert 'do_image_hub_update_bin[file-checksums] += "${OTA_KEY_CHECKSUMS}"' in image
+    assert 'do_image_hub_update[file-checksums] += "${OTA_KEY_CHECKSUMS}"' in image
     # BitBake skips every "path:False" entry: a literal ":False" would checksum nothing
     # (test_bitbake_checksums_the_key_config_and_record runs BitBake's own code on them).
     for path in METADATA:
@@ -230,7 +230,7 @@ def test_bitbake_checksums_the_key_config_and_record(tmp_path):
     sums = checksummed(record.getVarFlag("do_compile", "file-checksums"))
     assert set(sums) == {"k.pem", "k.pub.pem", "c.json", "record.json"}, sums
     image = bitbake_datastore(bb, tree, LAYER / "classes" / "ota-image.bbclass", **values)
-    assert set(checksummed(image.getVarFlag("do_image_hub_update_bin", "file-checksums"))) == {"k.pem"}
+    assert set(checksummed(image.getVarFlag("do_image_hub_update", "file-checksums"))) == {"k.pem"}
     assert set(checksummed(image.getVarFlag("do_ota_upload", "file-checksums"))) == {"c.json"}
     agent = bitbake_datastore(bb, tree, LAYER / "recipes-ota" / "ota-agent" / "ota-agent_1.0.bb", **values)
     assert set(checksummed(agent.getVarFlag("do_compile", "file-checksums"))) == {"c.json"}

@@ -1,6 +1,6 @@
 """The layer's task code, run outside BitBake.
 
-The shell tasks (ota-record's do_compile, IMAGE_CMD:hub_update.bin) are extracted from the
+The shell tasks (ota-record's do_compile, IMAGE_CMD:hub_update) are extracted from the
 metadata and run by the shell with their variables filled in and the tools that
 ota-build-native's do_install makes (the host's python and openssl, this repository's
 ota_build); the python functions (the parse-time checks, the secrets) run against a minimal
@@ -221,7 +221,7 @@ def test_record_task_reads_an_encrypted_key_with_the_password_from_the_environme
 
 @pytest.fixture
 def image(tmp_path, native):
-    """A rootfs with ota-record's files and a payload in IMGDEPLOYDIR, as do_image_hub_update_bin finds them."""
+    """A rootfs with ota-record's files and a payload in IMGDEPLOYDIR, as do_image_hub_update finds them."""
     run = run_shell_task(RECORD, "do_compile", record_values(tmp_path), native)
     assert run.returncode == 0, run.stdout + run.stderr
     rootfs = tmp_path / "rootfs"
@@ -240,12 +240,14 @@ def image(tmp_path, native):
 
 
 def test_image_type_signs_verifies_and_deploys(tmp_path, image, native):
-    run = run_shell_task(IMAGE, "IMAGE_CMD:hub_update.bin", image, native)
+    run = run_shell_task(IMAGE, "IMAGE_CMD:hub_update", image, native)
     assert run.returncode == 0, run.stdout + run.stderr
     out = tmp_path / "deploy-image"
-    versioned = out / "core-image-minimal-qemux86-64.rootfs-20260101.hub_update.bin"
+    # <IMAGE_NAME>.hub_update, which the conversion "bin" names <IMAGE_NAME>.hub_update.bin (links to it
+    # dangle until then); <IMAGE_LINK_NAME>.hub_update.bin is image.bbclass's link
+    versioned = out / "core-image-minimal-qemux86-64.rootfs-20260101.hub_update"
     assert versioned.is_file()
-    assert os.readlink(out / "hub_update.bin") == versioned.name       # <IMAGE_LINK_NAME>.hub_update.bin: image.bbclass
+    assert os.readlink(out / "hub_update.bin") == versioned.name + ".bin"
     for name in ("full_ota_record.json", "ota-signing.pub.pem"):
         for link in (name, f"core-image-minimal-qemux86-64.rootfs.{name}"):
             assert os.readlink(out / link) == f"core-image-minimal-qemux86-64.rootfs-20260101.{name}"
@@ -260,14 +262,14 @@ def test_image_type_signs_verifies_and_deploys(tmp_path, image, native):
 def test_image_type_refuses_a_key_the_image_does_not_trust(tmp_path, image, native):
     generate_key("ed25519", str(tmp_path / "other.key.pem"), str(tmp_path / "other.pub.pem"), backend="openssl")
     image.update(OTA_SIGNING_KEY_FILE=tmp_path / "other.key.pem", OTA_SIGNING_KEY=tmp_path / "other.key.pem")
-    run = run_shell_task(IMAGE, "IMAGE_CMD:hub_update.bin", image, native)
+    run = run_shell_task(IMAGE, "IMAGE_CMD:hub_update", image, native)
     assert run.returncode != 0
     assert re.search(r"^ERROR: OTA_SIGNING_PUBLIC_KEY: .*unknown-key", run.stdout, re.M), run.stdout
 
 
 def test_image_type_without_payload_names_the_variable(tmp_path, image, native):
     image["OTA_PAYLOAD_FSTYPE"] = "ext4"
-    run = run_shell_task(IMAGE, "IMAGE_CMD:hub_update.bin", image, native)
+    run = run_shell_task(IMAGE, "IMAGE_CMD:hub_update", image, native)
     assert run.returncode != 0 and re.search(r"^ERROR: OTA_SIGNING_KEY: .*ext4", run.stdout, re.M), run.stdout
 
 

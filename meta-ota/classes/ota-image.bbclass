@@ -5,7 +5,7 @@
 #
 # - IMAGE_FSTYPES += "hub_update.bin" asks for it; OTA_AUTO_FSTYPES (default: the type)
 #   is appended to IMAGE_FSTYPES of every image with this class: set it to "" to ask per image;
-# - IMAGE_CMD:hub_update.bin wraps the payload type (OTA_PAYLOAD_FSTYPE, an IMAGE_TYPEDEP, so
+# - IMAGE_CMD:hub_update (with the conversion "bin") wraps the payload type (OTA_PAYLOAD_FSTYPE, an IMAGE_TYPEDEP, so
 #   it is built too) with the record and key of the image's /etc into
 #   <IMAGE_NAME>.hub_update.bin, with ota-build from ota-build-native; image.bbclass deploys
 #   it (do_image_complete, sstate) and makes the <IMAGE_LINK_NAME>.hub_update.bin link;
@@ -20,9 +20,16 @@ OTA_AUTO_FSTYPES[doc] = "Appended to IMAGE_FSTYPES of every image that inherits 
 IMAGE_FSTYPES:append = " ${OTA_AUTO_FSTYPES}"
 IMAGE_INSTALL:append = " ${@ota_image_packages(d)}"
 
-IMAGE_TYPES += "hub_update.bin"
+# The type is "hub_update" with the conversion "bin" (as tar.gz is tar with gz): a type's name
+# cannot hold a dot (image_types.bbclass splits it into conversions). The conversion only
+# gives the file its name: IMAGE_CMD:hub_update writes <IMAGE_NAME>.hub_update, "bin" links
+# it to <IMAGE_NAME>.hub_update.bin, image.bbclass removes the first and links the second.
+IMAGE_TYPES += "hub_update hub_update.bin"
+CONVERSIONTYPES += "bin"
+# nooelint: oelint.vars.specific - a conversion's override, as image_types.bbclass sets them
+CONVERSION_CMD:bin = "ln -f ${IMAGE_NAME}${OTA_IMAGE_NAME_SUFFIX}.${type} ${IMAGE_NAME}${OTA_IMAGE_NAME_SUFFIX}.${type}.bin"
 # nooelint: oelint.vars.specific - an image type's override, as image_types.bbclass sets them
-IMAGE_TYPEDEP:hub_update.bin = "${OTA_PAYLOAD_FSTYPE}"
+IMAGE_TYPEDEP:hub_update = "${OTA_PAYLOAD_FSTYPE}"
 # The files image.bbclass names <IMAGE_NAME>.<type>: kirkstone puts IMAGE_NAME_SUFFIX between.
 OTA_IMAGE_NAME_SUFFIX = "${@'${IMAGE_NAME_SUFFIX}' if 'kirkstone' in (d.getVar('LAYERSERIES_CORENAMES') or '').split() else ''}"
 OTA_IMAGE_NAME_SUFFIX[doc] = "What image.bbclass puts between IMAGE_NAME and the type in a file name (IMAGE_NAME_SUFFIX on kirkstone, nothing later)."
@@ -33,12 +40,12 @@ OTA_DEVICE_KEY_NAME[doc] = "File name of the deployed verification key (that of 
 # /etc; the record and the key are deployed beside it, with stable links (the last image
 # made wins: SSTATE_ALLOW_OVERLAP_FILES). The key's password reaches ota-build through
 # the task's environment (ota_export_secrets), never through this script.
-IMAGE_CMD:hub_update.bin () {
+IMAGE_CMD:hub_update () {
 	base=${IMAGE_NAME}${OTA_IMAGE_NAME_SUFFIX}
 	ota_tool OTA_SIGNING_KEY ota-build package ${IMGDEPLOYDIR}/$base.${OTA_PAYLOAD_FSTYPE} \
 		-r ${IMAGE_ROOTFS}${sysconfdir}/full_ota_record.json -k ${OTA_SIGNING_KEY_FILE} --backend openssl \
-		-o ${IMGDEPLOYDIR}/$base.hub_update.bin
-	ota_tool OTA_SIGNING_PUBLIC_KEY ota-build verify ${IMGDEPLOYDIR}/$base.hub_update.bin \
+		-o ${IMGDEPLOYDIR}/$base.hub_update
+	ota_tool OTA_SIGNING_PUBLIC_KEY ota-build verify ${IMGDEPLOYDIR}/$base.hub_update \
 		-k ${IMAGE_ROOTFS}${OTA_DEVICE_KEY_PATH} -t ${OTA_TYPE} --backend openssl
 	install -m 0644 ${IMAGE_ROOTFS}${sysconfdir}/full_ota_record.json ${IMGDEPLOYDIR}/$base.full_ota_record.json
 	install -m 0644 ${IMAGE_ROOTFS}${OTA_DEVICE_KEY_PATH} ${IMGDEPLOYDIR}/$base.${OTA_DEVICE_KEY_NAME}
@@ -51,17 +58,18 @@ IMAGE_CMD:hub_update.bin () {
 		bbwarn "OTA_SIGNING_KEY is not set: $base.hub_update.bin is signed with the layer's published development key. Set OTA_SIGNING_KEY before shipping."
 	fi
 }
-IMAGE_CMD:hub_update.bin[vardepsexclude] = "${OTA_PATH_VARS}"
-do_image_hub_update_bin[depends] += "${OTA_NATIVE_DEPENDS}"
-do_image_hub_update_bin[prefuncs] += "ota_export_secrets"
-do_image_hub_update_bin[ota-secrets] = "OTA_KEY_PASSWORD"
-do_image_hub_update_bin[file-checksums] += "${OTA_KEY_CHECKSUMS}"
+IMAGE_CMD:hub_update[vardepsexclude] = "${OTA_PATH_VARS}"
+do_image_hub_update[depends] += "${OTA_NATIVE_DEPENDS}"
+do_image_hub_update[prefuncs] += "ota_export_secrets"
+do_image_hub_update[ota-secrets] = "OTA_KEY_PASSWORD"
+do_image_hub_update[file-checksums] += "${OTA_KEY_CHECKSUMS}"
 SSTATE_ALLOW_OVERLAP_FILES += "${DEPLOY_DIR_IMAGE}/${OTA_IMAGE_FILE} ${DEPLOY_DIR_IMAGE}/full_ota_record.json \
                                ${DEPLOY_DIR_IMAGE}/${OTA_DEVICE_KEY_NAME}"
 
 def ota_image_wanted(d):
     """Whether this image makes the hub_update.bin type."""
-    return d.getVar("OTA_IMAGE_FSTYPE") in (d.getVar("IMAGE_FSTYPES") or "").split()
+    fstypes = (d.getVar("IMAGE_FSTYPES") or "").split()
+    return d.getVar("OTA_IMAGE_FSTYPE") in fstypes
 
 def ota_image_packages(d):
     """The packages an image with the type gets: the record and key, and the agent with OTA_AGENT = "1"."""
