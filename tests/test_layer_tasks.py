@@ -387,3 +387,40 @@ def test_parse_warns_when_a_secret_is_a_bitbake_variable(tmp_path):
     ns.ota_check_settings(check_vars(tmp_path, OTA_USERPW="s3cret-value"))
     assert len(ns.bb.warnings) == 1 and ns.bb.warnings[0].startswith("OTA_USERPW is a BitBake variable")
     assert "s3cret-value" not in ns.bb.warnings[0]
+
+
+def test_upload_task_uploads_with_only_the_packages_of_ota_upload_deps(tmp_path, native, partner):
+    """do_ota_upload, run by the shell, uploads to our real server on loopback with nothing but the
+    standard library and the five packages ota-upload-deps-native unpacks (here copied from this
+    environment) beside ota_build: the interpreter runs with -S (no site-packages)."""
+    import subprocess
+    import requests
+    share = native.parent / "share" / "ota-build"
+    site = Path(requests.__file__).resolve().parent.parent
+    for package in ("requests", "urllib3", "idna", "certifi", "charset_normalizer"):
+        shutil.copytree(site / package, share / package, ignore=shutil.ignore_patterns("__pycache__"))
+    python = tmp_path / "python-nosite"
+    python.write_text(f"#!/bin/sh\nexec {getattr(sys, '_base_executable', sys.executable)} -S \"$@\"\n")
+    python.chmod(0o755)
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    key = LAYER / "files" / "dev-keys" / "ota-dev.key.pem"
+    record, image = deploy / "img-qemux86-64.full_ota_record.json", deploy / "img-qemux86-64.hub_update.bin"
+    (tmp_path / "payload.tar.gz").write_bytes(os.urandom(100_000))
+    for args in (["record", "-c", str(partner.conf), "-n", "3", "-o", str(record)],
+                 ["package", str(tmp_path / "payload.tar.gz"), "-r", str(record), "-k", str(key), "--backend",
+                  "openssl", "-o", str(image)]):
+        subprocess.run([str(native / "ota-build"), *args], check=True, capture_output=True,
+                       env={"PATH": f"{native}:{os.environ['PATH']}", "OTA_PYTHON": sys.executable})
+    deployed = record.read_bytes()
+    values = {"OTA_CONFIG": partner.conf, "OTA_UPLOADDIR": tmp_path / "ota-upload", "DEPLOY_DIR_IMAGE": deploy,
+              "IMAGE_LINK_NAME": "img-qemux86-64", "T": tmp_path / "temp"}
+    for path in (values["OTA_UPLOADDIR"], values["T"]):
+        path.mkdir()
+    run = run_shell_task(IMAGE, "do_ota_upload", values, native, env={**partner.env, "OTA_PYTHON": str(python)})
+    assert run.returncode == 0, run.stdout + run.stderr
+    uploaded = json.loads((tmp_path / "ota-upload" / "full_ota_record.json").read_text())
+    assert uploaded["url"] and uploaded["versionNumber"] == json.loads(deployed)["versionNumber"]
+    assert record.read_bytes() == deployed                          # the deployed record is not written
+    for secret in partner.secrets.values():
+        assert str(secret) not in run.stdout + run.stderr

@@ -91,10 +91,17 @@ python () {
 OTA_UPLOAD_NATIVE_DEPENDS ??= "ota-upload-deps-native:do_populate_sysroot"
 OTA_UPLOAD_NATIVE_DEPENDS[doc] = "Native dependencies of do_ota_upload beyond the OTA tools (default: the client's Python packages, ota-upload-deps-native)."
 
+# The upload writes the record back (with the server's url and id): a copy in OTA_UPLOADDIR,
+# never the deployed one.
+OTA_UPLOADDIR = "${WORKDIR}/ota-upload"
+OTA_UPLOADDIR[doc] = "do_ota_upload's directory: the copy of the record the upload completes."
 do_ota_upload () {
-	ota_tool OTA_UPLOAD ota-build upload -c ${OTA_CONFIG} --no-progress \
-		-r ${DEPLOY_DIR_IMAGE}/${IMAGE_LINK_NAME}.full_ota_record.json -i ${DEPLOY_DIR_IMAGE}/${IMAGE_LINK_NAME}.hub_update.bin
+	cp ${DEPLOY_DIR_IMAGE}/${IMAGE_LINK_NAME}.full_ota_record.json ${OTA_UPLOADDIR}/full_ota_record.json
+	ota_tool OTA_UPLOAD ota-build upload -c ${OTA_CONFIG} --no-progress -r ${OTA_UPLOADDIR}/full_ota_record.json \
+		-i ${DEPLOY_DIR_IMAGE}/${IMAGE_LINK_NAME}.hub_update.bin
 }
+do_ota_upload[dirs] = "${OTA_UPLOADDIR}"
+do_ota_upload[cleandirs] = "${OTA_UPLOADDIR}"
 do_ota_upload[network] = "1"
 do_ota_upload[doc] = "Uploads the OTA image and its record to the OTA service (OTA_UPLOAD = 1) with ota-build upload"
 do_ota_upload[depends] += "${OTA_NATIVE_DEPENDS}"
