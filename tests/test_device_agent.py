@@ -392,3 +392,14 @@ def test_agent_config_command_for_images(tmp_path):
     proc = run_cli("ota-build", "agent-config", "--server", "http://x", "--device-type", "dt", "--public-key", "/k.pem",
                    "--slot", "a=/dev/sda2", "-o", str(out))
     assert proc.returncode == 2 and "two slots" in proc.stderr
+
+
+def test_agent_config_takes_the_device_type_from_the_config(tmp_path, seed_config):
+    """meta-ota's ota-agent recipe passes -c OTA_CONFIG when OTA_AGENT_DEVICE_TYPE is empty."""
+    out = tmp_path / "ota-agent.json"
+    run_cli("ota-build", "agent-config", "--server", "http://10.0.0.1:8080", "-c", str(seed_config),
+            "--public-key", "/k.pem", "--command", "/sbin/sysupgrade {image}", "-o", str(out), check=0)
+    assert json.loads(out.read_text())["deviceTypeId"] == json.loads(seed_config.read_text())["deviceTypeId"]
+    proc = run_cli("ota-build", "agent-config", "--server", "http://x", "--public-key", "/k.pem", "--command", "x",
+                   "-o", str(out))
+    assert proc.returncode == 2 and "--device-type" in proc.stderr and "\n" not in proc.stderr.strip()

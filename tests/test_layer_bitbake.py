@@ -213,6 +213,79 @@ def test_release_verifies_with_the_key_in_the_rootfs(build):
     assert result.header.version_number == int(record["versionNumber"])
 
 
+def test_image_type_deploys_through_image_bbclass(build):
+    """hub_update.bin is an image type: do_image_hub_update writes <IMAGE_NAME>.hub_update.bin,
+    image.bbclass makes <IMAGE_LINK_NAME>.hub_update.bin and deploys it with do_image_complete
+    (its sstate manifest lists the files); the stable name hub_update.bin points at it."""
+    link_name = build.rootfs_tar.name[:-len(".tar.gz")]             # IMAGE_LINK_NAME of this release
+    link = build.deployed(f"{link_name}.hub_update.bin")
+    assert link.is_symlink()
+    versioned = build.deploy / os.readlink(link)
+    assert versioned.is_file() and not versioned.is_symlink() and versioned.name.endswith(".hub_update.bin")
+    assert os.readlink(build.deployed("hub_update.bin")) == versioned.name
+    for name in ("full_ota_record.json", "ota-signing.pub.pem"):
+        assert (build.deploy / os.readlink(build.deployed(f"{link_name}.{name}"))).is_file()
+    manifests = list((build.tmpdir / "sstate-control").glob(f"manifest-*-{IMAGE}.image_complete"))
+    assert len(manifests) == 1, manifests
+    listed = manifests[0].read_text().split()
+    for path in (versioned, link, build.deployed("hub_update.bin")):
+        assert str(path) in listed, path
+    assert not list((build.tmpdir / "sstate-control").glob(f"manifest-*-{IMAGE}.ota_package"))
+    env = build.bitbake(f"bitbake -e {IMAGE}")
+    assert re.search(r'^IMAGE_FSTYPES=".*\bhub_update\.bin\b', env.output, re.M)
+    assert re.search(r"^do_image_hub_update\(\)", env.output, re.M)
+
+
+def test_image_fstypes_per_image(build):
+    """OTA_AUTO_FSTYPES = "" and IMAGE_FSTYPES += "hub_update.bin" for one image only: that image
+    is an OTA release (record in its rootfs, its own hub_update.bin); the other has no
+    hub_update.bin task and no ota-record."""
+    settings = {"OTA_AUTO_FSTYPES": "", "IMAGE_FSTYPES:append:pn-ota-test-image-b": " hub_update.bin"}
+    try:
+        build.settings(**settings)
+        env = build.bitbake(f"bitbake -e {IMAGE}")
+        assert env.returncode == 0, env.output[-3000:]
+        assert "hub_update.bin" not in re.search(r'^IMAGE_FSTYPES="(.*)"', env.output, re.M).group(1).split()
+        assert "ota-record" not in re.search(r'^IMAGE_INSTALL="(.*)"', env.output, re.M).group(1).split()
+        assert not re.search(r"^do_image_hub_update\(\)", env.output, re.M)
+        assert build.bitbake(f"bitbake -c clean {IMAGE}-b").returncode == 0
+        run = build.bitbake(f"bitbake {IMAGE}-b")
+        build.timings["per-image type"] = run.seconds
+        assert run.returncode == 0 and not problems(run), run.output[-5000:]
+        assert f"{IMAGE}-b:do_image_hub_update" in run.tasks and not any(t.startswith(f"{IMAGE}:") for t in run.tasks)
+        links = [p for p in build.deploy.glob(f"{IMAGE}-b-qemux86-64*.hub_update.bin") if p.is_symlink()]
+        assert len(links) == 1, links
+        verify_file(str(links[0]), Keyring.from_files([str(build.key.with_suffix(".pub"))]), expected_type=5)
+    finally:
+        build.settings()
+        assert build.bitbake(f"bitbake -c clean {IMAGE}-b").returncode == 0
+
+
+def test_two_clean_tmpdirs_give_a_byte_identical_release(build):
+    """A build from a clean TMPDIR and an empty sstate cache makes the same hub_update.bin, byte
+    for byte, as the test build (Ed25519 is deterministic; the record's time is SOURCE_DATE_EPOCH).
+    Only on wrynose: on kirkstone and scarthgap oe-core's IMAGE_CMD:tar writes each file's
+    atime/ctime into pax headers, so the payload differs (see the clean test)."""
+    if build.release != "wrynose":
+        pytest.skip("oe-core's tar image is reproducible from wrynose on (IMAGE_CMD:tar pax atime/ctime before)")
+    assert build.build("before the clean TMPDIR").returncode == 0
+    link = build.rootfs_tar.name[:-len(".tar.gz")] + ".hub_update.bin"       # <IMAGE_LINK_NAME>.hub_update.bin
+    first = build.deployed(link).read_bytes()
+    other_tmp, other_sstate = build.dir / "tmp-repro", build.dir / "sstate-repro"
+    try:
+        for path in (other_tmp, other_sstate):
+            shutil.rmtree(path, ignore_errors=True)
+        build.settings(TMPDIR="${TOPDIR}/tmp-repro", SSTATE_DIR="${TOPDIR}/sstate-repro")
+        run = build.build("clean TMPDIR and sstate")
+        assert "ota-record:do_compile" in run.tasks and f"{IMAGE}:do_image_hub_update" in run.tasks, run.tasks
+        second = (other_tmp / "deploy" / "images" / "qemux86-64" / link).read_bytes()
+        assert second == first
+    finally:
+        build.settings()
+        for path in (other_tmp, other_sstate):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def test_parse_without_warnings_with_and_without_inherit(build):
     """The layer parses without a warning: added alone (no recipe changes) and with INHERIT += "ota"."""
     try:
@@ -244,7 +317,7 @@ def test_new_key_re_signs(build):
     build.own(build.key, build.key.with_suffix(".pub"))
     try:
         run = build.build("new key")
-        assert "ota-record:do_compile" in run.tasks and f"{IMAGE}:do_ota_package" in run.tasks, run.tasks
+        assert "ota-record:do_compile" in run.tasks and f"{IMAGE}:do_image_hub_update" in run.tasks, run.tasks
         check_release(build, build.key.with_suffix(".pub").read_bytes())
         assert build.key.with_suffix(".pub").read_bytes() != old[1]
     finally:
@@ -298,7 +371,7 @@ def tar_members(path: Path) -> list:
 
 
 def test_clean_removes_the_release_and_a_rebuild_makes_the_same(build):
-    """``bitbake -c clean`` removes what do_ota_package deployed (sstate-managed); the rebuild
+    """``bitbake -c clean`` removes what image.bbclass deployed (do_image_complete, sstate); the rebuild
     makes the same release: byte for byte where oe-core's image is reproducible (wrynose);
     before that, IMAGE_CMD:tar (kirkstone, scarthgap) writes the files' atime/ctime into pax
     headers, so only the tar's members and the record are the same."""
@@ -318,7 +391,7 @@ def test_clean_removes_the_release_and_a_rebuild_makes_the_same(build):
 
 def test_two_images_share_the_stable_links(build):
     """A second image: each keeps its own versioned release and <IMAGE_LINK_NAME> links; the
-    stable names (hub_update.bin, the record, the key) all point at the last image packaged."""
+    stable names (hub_update.bin, the record, the key) all point at the last image made."""
     assert build.bitbake(f"bitbake -c clean {IMAGE}-b").returncode == 0      # no state from an earlier run
     run = build.bitbake(f"bitbake {IMAGE}-b")
     build.timings["second image"] = run.seconds

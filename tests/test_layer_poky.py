@@ -106,12 +106,12 @@ def test_environment_shows_the_settings(build_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     env = dict(re.findall(r'^([A-Z_]+)="(.*)"$', proc.stdout, re.M))
     assert env["OTA_CONFIG"].endswith("meta-ota/files/partner-ota-conf.json")
-    assert env["OTA_PAYLOAD_FSTYPE"] == "tar.gz" and "tar.gz" in env["IMAGE_FSTYPES"].split()
+    assert env["OTA_PAYLOAD_FSTYPE"] == "tar.gz" and "hub_update.bin" in env["IMAGE_FSTYPES"].split()
     assert "ota-record" in env["IMAGE_INSTALL"].split()
     assert "ota-image" in env["IMAGE_CLASSES"].split()
     assert env["OTA_IMAGE_FILE"] == "hub_update.bin"
     assert env["OTA_TYPE"] == "5" and env["OTA_UPLOAD"] == "0" and env["OTA_BUILD_NUMBER"] == "0"
-    assert env["OTA_SIGNING_KEY_FILE"].endswith("/ota-dev-keys/ota-signing.key.pem")
+    assert env["OTA_SIGNING_KEY_FILE"].endswith("meta-ota/files/dev-keys/ota-dev.key.pem")
 
 
 def test_task_graph(build_dir):
@@ -119,10 +119,9 @@ def test_task_graph(build_dir):
     proc = bitbake(build_dir, "bitbake -g core-image-minimal", cwd=out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     dot = (out / "task-depends.dot").read_text()
-    for edge in ('"core-image-minimal.do_ota_package" -> "core-image-minimal.do_image_complete"',
-                 '"core-image-minimal.do_ota_package" -> "ota-build-native.do_populate_sysroot"',
-                 '"core-image-minimal.do_ota_package" -> "ota-record.do_populate_sysroot"',
-                 '"core-image-minimal.do_build" -> "core-image-minimal.do_ota_package"'):
+    for edge in ('"core-image-minimal.do_image_complete" -> "core-image-minimal.do_image_hub_update"',
+                 '"core-image-minimal.do_image_hub_update" -> "core-image-minimal.do_image_tar"',
+                 '"core-image-minimal.do_image_hub_update" -> "ota-build-native.do_populate_sysroot"'):
         assert edge in dot, edge
     assert re.search(r'"core-image-minimal\.do_rootfs" -> "ota-record\.do_package_write_(rpm|ipk|deb)"', dot)
     assert "do_ota_upload" not in dot                                   # OTA_UPLOAD is off by default
@@ -140,9 +139,12 @@ def test_upload_task_only_with_ota_upload(build_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not problems(proc), problems(proc)
     dot = (out / "task-depends.dot").read_text()
-    assert '"core-image-minimal.do_ota_upload" -> "core-image-minimal.do_ota_package"' in dot
+    assert '"core-image-minimal.do_ota_upload" -> "core-image-minimal.do_image_complete"' in dot
     assert '"core-image-minimal.do_build" -> "core-image-minimal.do_ota_upload"' in dot
-    assert '"core-image-minimal.do_ota_upload" -> "python3-requests-native.do_populate_sysroot"' in dot
+    assert '"core-image-minimal.do_ota_upload" -> "ota-upload-deps-native.do_populate_sysroot"' in dot
+    recipes = set((out / "pn-buildlist").read_text().split())
+    assert "ota-upload-deps-native" in recipes                                   # no toolchain with the upload
+    assert not recipes & {"rust-native", "cargo-native", "go-native", "python3-requests-native"}
 
 
 def test_misconfiguration_is_one_line_at_parse_time(build_dir):

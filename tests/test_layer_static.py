@@ -78,35 +78,46 @@ def test_oelint_adv_reports_no_errors():
 
 
 def test_classes_run_only_the_library():
-    """No OTA logic in the metadata: no signing, hashing or HTTP; every command is ota_build."""
+    """No OTA logic in the metadata: no signing, hashing or HTTP; every command is an ota_build tool."""
     for path in CLASSES + RECIPES:
         text = path.read_text()
         for forbidden in ("import hashlib", "import requests", "import cryptography", "import jsonschema",
-                          "openssl dgst", "openssl pkeyutl", "openssl genpkey", "json.dump", "urllib"):
+                          "openssl dgst", "openssl pkeyutl", "openssl genpkey", "json.dump", "import urllib"):
             assert forbidden not in text, f"{path.name}: {forbidden}"
+        if path.name != "ota-agent_1.0.bb":                    # (its /usr/bin/ota-agent script imports it, on the device)
+            assert not re.search(r"^\s*(import|from) ota_build", text, re.M), f"{path.name}: imports ota_build"
         if path.name != "ota-common.bbclass":
-            assert "subprocess" not in text, f"{path.name}: run commands through ota_run()"
+            assert "subprocess" not in text, f"{path.name}: run the tools with ota_tool"
     common = (LAYER / "classes" / "ota-common.bbclass").read_text()
-    assert common.count("subprocess.run(") == 1                       # in ota_run, which runs ota_build only
-    assert '"-m", module]' in common
+    # the one subprocess: the parse-time check, in a Python of its own (nothing imported into the parser)
+    assert common.count("subprocess.run(") == 1
+    assert '[sys.executable, "-I", "-B", "-c", code]' in common
+    assert "from ota_build.core.bbenv import layer_settings_problem" in common
+    # the tasks are shell: ota_tool runs ota-build from ota-build-native
+    for path in (LAYER / "classes" / "ota-image.bbclass", LAYER / "recipes-ota" / "ota-record" / "ota-record_1.0.bb"):
+        assert not re.search(r"^python do_", path.read_text(), re.M), path.name
+        assert "ota_tool " in path.read_text()
 
 
-def test_every_ota_task_excludes_secrets_from_signatures():
+def test_every_ota_task_keeps_secrets_out_of_signatures_and_scripts():
     common = (LAYER / "classes" / "ota-common.bbclass").read_text()
     secret_list = assignments(LAYER / "classes" / "ota-common.bbclass")["OTA_SECRET_ENV_VARS"].split()
     assert set(SECRETS) <= set(secret_list)
     assert 'ota_secret_env[vardepsexclude] = "BB_ORIGENV ${OTA_SECRET_ENV_VARS}"' in common
-    assert 'ota_run[vardepsexclude] = "${OTA_SECRET_ENV_VARS}"' in common
+    assert 'ota_export_secrets[vardepsexclude] = "BB_ORIGENV BB_CURRENTTASK ${OTA_SECRET_ENV_VARS}"' in common
     for path in CLASSES + RECIPES:
         text = path.read_text()
-        for task in re.findall(r"^python (do_[a-z_]+)\(\)", text, re.M):
-            if task.endswith("_setscene"):
-                continue
-            assert re.search(rf"^{task}\[vardepsexclude\] \+= \".*\$\{{OTA_SECRET_ENV_VARS\}}.*BB_ORIGENV", text, re.M), \
-                f"{path.name}: {task} must vardepsexclude the secrets"
+        for task in re.findall(r"^(do_[a-z_]+)\[prefuncs\] \+= \"ota_export_secrets\"", text, re.M):
+            assert re.search(rf"^{task}\[ota-secrets\] = ", text, re.M), f"{path.name}: {task} names no secret"
         for secret in SECRETS:
-            # never exported (it would be written into the task's run script) nor read by name
-            assert not re.search(rf"^export {secret}|getVar\([\"']{secret}", text, re.M), f"{path.name}: {secret}"
+            # never exported (it would be written into the task's run script), never read by name
+            assert not re.search(rf"^export {secret}|getVar\([\"']{secret}|\$\{{{secret}\}}", text, re.M), \
+                f"{path.name}: {secret}"
+    image = (LAYER / "classes" / "ota-image.bbclass").read_text()
+    assert 'do_image_hub_update[ota-secrets] = "OTA_KEY_PASSWORD"' in image
+    assert 'do_ota_upload[ota-secrets] = "${OTA_SECRET_ENV_VARS}"' in image
+    assert 'do_ota_upload[network] = "1"' in image
+    assert 'do_ota_upload[vardepsexclude] += "${OTA_PATH_VARS} ${OTA_SECRET_ENV_VARS} BB_ORIGENV"' in image
 
 
 def test_key_config_and_record_changes_rerun_the_ota_tasks():
@@ -119,7 +130,7 @@ def test_key_config_and_record_changes_rerun_the_ota_tasks():
     assert 'do_compile[file-checksums] += "${OTA_FILE_CHECKSUMS}"' in record
     assert 'do_compile[vardeps] += "${OTA_VALUE_VARS}' in record
     image = (LAYER / "classes" / "ota-image.bbclass").read_text()
-    assert 'do_ota_package[file-checksums] += "${OTA_KEY_CHECKSUMS}"' in image
+    assert 'do_image_hub_update[file-checksums] += "${OTA_KEY_CHECKSUMS}"' in image
     # BitBake skips every "path:False" entry: a literal ":False" would checksum nothing
     # (test_bitbake_checksums_the_key_config_and_record runs BitBake's own code on them).
     for path in METADATA:
@@ -129,19 +140,41 @@ def test_key_config_and_record_changes_rerun_the_ota_tasks():
 
 
 def test_build_path_needs_no_toolchain():
-    """ota-build-native is copied, not built, and nothing on the build path pulls rust-native."""
+    """ota-build-native is copied, not built; the upload's packages are unpacked wheels: nothing
+    the layer names pulls rust-native (oe-core's python3-requests-native does, on kirkstone and
+    scarthgap, through urllib3's and requests' runtime dependencies)."""
     native = next(LAYER.glob("recipes-ota/ota-build/ota-build-native_*.bb"))
     assert native.name == f"ota-build-native_{ota_build.__version__}.bb"
     heavy = ("python3-cryptography-native", "python3-jsonschema-native", "python3-requests-native",
-             "rust-native", "cargo-native", "setuptools3", "python_pep517")
-    for path in [native, LAYER / "recipes-ota" / "ota-record" / "ota-record_1.0.bb"]:
+             "python3-urllib3-native", "rust-native", "cargo-native", "setuptools3", "python_pep517",
+             "python_setuptools_build_meta", "go-native", "cargo")
+    for path in RECIPES + CLASSES:
+        text = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
         for name in heavy:
-            assert name not in path.read_text(), f"{path.name}: {name}"
+            assert not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text), f"{path.name}: {name}"
     image = (LAYER / "classes" / "ota-image.bbclass").read_text()
-    # requests-native only for the upload task, and only when OTA_UPLOAD = "1"
-    assert image.count("python3-requests-native") == 1
-    assert 'OTA_UPLOAD_NATIVE_DEPENDS ??= "python3-requests-native:do_populate_sysroot"' in image
+    assert 'OTA_UPLOAD_NATIVE_DEPENDS ??= "ota-upload-deps-native:do_populate_sysroot"' in image
     assert 'd.appendVarFlag("do_ota_upload", "depends"' in image
+    deps = (LAYER / "recipes-ota" / "ota-upload-deps" / "ota-upload-deps-native_1.0.bb").read_text()
+    assert re.search(r"^inherit native$", deps, re.M) and 'DEPENDS = "python3-native"' in deps
+    wheels = re.findall(r"/([\w.-]+\.whl);name=(\w+)", deps)
+    assert len(wheels) == 5 and all(w.endswith("-py3-none-any.whl") for w, _ in wheels)
+    for _, name in wheels:
+        assert re.search(rf'^SRC_URI\[{name}\.sha256sum\] = "[0-9a-f]{{64}}"$', deps, re.M), name
+
+
+def test_every_variable_has_a_doc_flag():
+    """Every OTA_* variable the layer sets has a [doc] flag (as meta-rauc's classes document theirs)."""
+    texts = {path: path.read_text().replace("\\\n", " ") for path in METADATA}
+    documented = set()
+    for text in texts.values():
+        documented |= set(re.findall(r"^(OTA_[A-Z0-9_]+)\[doc\] = \"[^\"]+", text, re.M))
+    missing = []
+    for path, text in texts.items():
+        for name in re.findall(r"^(OTA_[A-Z0-9_]+)\s*(?:\?\?=|\?=|:=|\+=|=)", text, re.M):
+            if name not in documented:
+                missing.append(f"{path.name}: {name}")
+    assert len(documented) > 30 and not missing, missing
 
 
 def test_default_config_is_valid():
@@ -154,7 +187,7 @@ def test_readme_documents_every_setting():
     readme = (ROOT / "README.md").read_text()
     settings = [m.group(1) for m in re.finditer(r"^(OTA_[A-Z_]+) \?\?=", (LAYER / "classes" / "ota-common.bbclass")
                                                 .read_text(), re.M)]
-    settings.append("OTA_UPLOAD_NATIVE_DEPENDS")
+    settings += ["OTA_UPLOAD_NATIVE_DEPENDS", "OTA_AUTO_FSTYPES"]
     assert len(settings) > 10
     for name in settings:
         assert f"`{name}`" in readme, f"README does not document {name}"
@@ -197,7 +230,7 @@ def test_bitbake_checksums_the_key_config_and_record(tmp_path):
     sums = checksummed(record.getVarFlag("do_compile", "file-checksums"))
     assert set(sums) == {"k.pem", "k.pub.pem", "c.json", "record.json"}, sums
     image = bitbake_datastore(bb, tree, LAYER / "classes" / "ota-image.bbclass", **values)
-    assert set(checksummed(image.getVarFlag("do_ota_package", "file-checksums"))) == {"k.pem"}
+    assert set(checksummed(image.getVarFlag("do_image_hub_update", "file-checksums"))) == {"k.pem"}
     assert set(checksummed(image.getVarFlag("do_ota_upload", "file-checksums"))) == {"c.json"}
     agent = bitbake_datastore(bb, tree, LAYER / "recipes-ota" / "ota-agent" / "ota-agent_1.0.bb", **values)
     assert set(checksummed(agent.getVarFlag("do_compile", "file-checksums"))) == {"c.json"}
@@ -237,20 +270,24 @@ def test_sources_exclude_bytecode_caches(tmp_path):
     assert 'SRC_URI = "${@ota_source_uris(d)}"' in native and "file://ota_build/" not in native
 
 
-def test_parse_time_import_writes_no_bytecode(tmp_path):
-    """Regression (issue 10, defect 2): the parse-time import of ota_build (ota_library) wrote
-    ota_build/__pycache__ into the layer's repository. Run by BitBake's datastore in a fresh
-    Python, as the parser does; sys.dont_write_bytecode is restored afterwards."""
+def test_parse_time_check_imports_nothing_into_the_parser(tmp_path):
+    """Regression (issue 10, defect 2): the parse-time import of ota_build wrote
+    ota_build/__pycache__ into the layer's repository. The check now runs the library in a
+    Python of its own (-I -B): run by BitBake's datastore in a fresh Python, as the parser
+    does, it reports a bad config in one line, and leaves no ota_build module in the parser,
+    no change to sys.dont_write_bytecode and no bytecode in the repository."""
     tree = release_tree("scarthgap")
     src = tmp_path / "repo"
     shutil.copytree(ROOT / "ota_build", src / "ota_build",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "x", "version": "1.0", "imageFiles": {"A": "a/b"}}')
     script = f"""
 import sys
 sys.path.insert(0, {str(tree / "bitbake" / "lib")!r})
 sys.dont_write_bytecode = True          # nothing into the release tree (BitBake's user owns it)
 import bb, bb.data, bb.parse
-sys.dont_write_bytecode = False         # as in BitBake's parser: bytecode on, unless the layer turns it off
+sys.dont_write_bytecode = False         # as in BitBake's parser: bytecode on
 d = bb.data.init()
 d.setVar("BBPATH", {str(LAYER)!r})
 d.setVar("__bbclasstype", "recipe")
@@ -259,12 +296,18 @@ d.setVar("TOPDIR", {str(tmp_path)!r})
 d.setVar("TMPDIR", {str(tmp_path / "tmp")!r})
 bb.parse.handle({str(LAYER / "classes" / "ota-common.bbclass")!r}, d, True)
 d.setVar("OTA_SOURCE_DIR", {str(src)!r})
-print(d.expand("${{@ota_settings_problem(d)[1]}}"), d.expand("${{@ota_library(d).__file__}}"), sys.dont_write_bytecode)
+print(d.expand("${{@ota_settings_problem(d)}}"))
+d.setVar("OTA_CONFIG", {str(bad)!r})
+print(d.expand("${{@ota_settings_problem(d)}}"))
+print(sorted(m for m in sys.modules if m.startswith("ota_build")), sys.dont_write_bytecode)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
                           env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["None", str(src / "ota_build" / "__init__.py"), "False"], proc.stdout
+    ok, problem, state = proc.stdout.splitlines()
+    assert ok == "None"
+    assert problem.startswith(f"OTA_CONFIG: {bad}: field 'imageFiles.A'"), problem
+    assert state == "[] False"
     assert not list(src.rglob("__pycache__")) and not list(src.rglob("*.pyc"))
 
 

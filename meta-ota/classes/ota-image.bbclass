@@ -1,131 +1,111 @@
 # nooelint: oelint.bbclass.underscores - named like oe-core's core-image, image-artifact-names
-# Make an image an OTA release: "inherit ota-image" in an image recipe, or
-# INHERIT += "ota" in local.conf for every image.
+# The image type "hub_update.bin": a signed OTA image. Inherited by images, through
+# INHERIT += "ota" (every image) or IMAGE_CLASSES += "ota-image" (local.conf), or
+# "inherit ota-image" in an image recipe.
 #
-# - the image's rootfs gets /etc/full_ota_record.json and the verification key
-#   (package ota-record, added to IMAGE_INSTALL);
-# - the payload image type (OTA_PAYLOAD_FSTYPE, default tar.gz) is added to
-#   IMAGE_FSTYPES;
-# - do_ota_package (after do_image_complete) wraps the payload into the signed
-#   hub_update.bin and deploys it with the record and the public key;
-# - do_ota_upload (only with OTA_UPLOAD = "1") uploads them.
+# - IMAGE_FSTYPES += "hub_update.bin" asks for it; OTA_AUTO_FSTYPES (default: the type)
+#   is appended to IMAGE_FSTYPES of every image with this class: set it to "" to ask per image;
+# - IMAGE_CMD:hub_update (with the conversion "bin") wraps the payload type (OTA_PAYLOAD_FSTYPE, an IMAGE_TYPEDEP, so
+#   it is built too) with the record and key of the image's /etc into
+#   <IMAGE_NAME>.hub_update.bin, with ota-build from ota-build-native; image.bbclass deploys
+#   it (do_image_complete, sstate) and makes the <IMAGE_LINK_NAME>.hub_update.bin link;
+# - an image with the type gets the package ota-record (/etc/full_ota_record.json and the
+#   verification key), and ota-agent with OTA_AGENT = "1";
+# - do_ota_upload (only with OTA_UPLOAD = "1") runs ota-build upload.
 
 inherit ota-common
 
-IMAGE_FSTYPES:append = " ${OTA_PAYLOAD_FSTYPE}"
-IMAGE_INSTALL:append = " ota-record ${@'ota-agent' if d.getVar('OTA_AGENT') == '1' else ''}"
+OTA_AUTO_FSTYPES ??= "${OTA_IMAGE_FSTYPE}"
+OTA_AUTO_FSTYPES[doc] = "Appended to IMAGE_FSTYPES of every image that inherits ota-image (INHERIT += \"ota\": all images). Set to \"\" and add IMAGE_FSTYPES += \"hub_update.bin\" to the images that are OTA releases."
+IMAGE_FSTYPES:append = " ${OTA_AUTO_FSTYPES}"
+IMAGE_INSTALL:append = " ${@ota_image_packages(d)}"
 
-OTA_DEPLOYDIR = "${WORKDIR}/deploy-ota"
-OTA_UPLOADDIR = "${WORKDIR}/ota-upload"
-# Native tools of the upload: the ota_build client uses requests, whose oe-core
-# native recipe pulls rust-native. Only a build with OTA_UPLOAD = "1" pays it.
-OTA_UPLOAD_NATIVE_DEPENDS ??= "python3-requests-native:do_populate_sysroot"
+# The type is "hub_update" with the conversion "bin" (as tar.gz is tar with gz): a type's name
+# cannot hold a dot (image_types.bbclass splits it into conversions). The conversion only
+# gives the file its name: IMAGE_CMD:hub_update writes <IMAGE_NAME>.hub_update, "bin" links
+# it to <IMAGE_NAME>.hub_update.bin, image.bbclass removes the first and links the second.
+IMAGE_TYPES += "hub_update hub_update.bin"
+CONVERSIONTYPES += "bin"
+# nooelint: oelint.vars.specific - a conversion's override, as image_types.bbclass sets them
+CONVERSION_CMD:bin = "ln -f ${IMAGE_NAME}${OTA_IMAGE_NAME_SUFFIX}.${type} ${IMAGE_NAME}${OTA_IMAGE_NAME_SUFFIX}.${type}.bin"
+# nooelint: oelint.vars.specific - an image type's override, as image_types.bbclass sets them
+IMAGE_TYPEDEP:hub_update = "${OTA_PAYLOAD_FSTYPE}"
+# The files image.bbclass names <IMAGE_NAME>.<type>: kirkstone puts IMAGE_NAME_SUFFIX between.
+OTA_IMAGE_NAME_SUFFIX = "${@'${IMAGE_NAME_SUFFIX}' if 'kirkstone' in (d.getVar('LAYERSERIES_CORENAMES') or '').split() else ''}"
+OTA_IMAGE_NAME_SUFFIX[doc] = "What image.bbclass puts between IMAGE_NAME and the type in a file name (IMAGE_NAME_SUFFIX on kirkstone, nothing later)."
+OTA_DEVICE_KEY_NAME = "${@os.path.basename(d.getVar('OTA_DEVICE_KEY_PATH'))}"
+OTA_DEVICE_KEY_NAME[doc] = "File name of the deployed verification key (that of OTA_DEVICE_KEY_PATH)."
+
+# The signed image, then checked as the device will check it, with the key in the image's
+# /etc; the record and the key are deployed beside it, with stable links (the last image
+# made wins: SSTATE_ALLOW_OVERLAP_FILES). The key's password reaches ota-build through
+# the task's environment (ota_export_secrets), never through this script.
+IMAGE_CMD:hub_update () {
+	base=${IMAGE_NAME}${OTA_IMAGE_NAME_SUFFIX}
+	ota_tool OTA_SIGNING_KEY ota-build package ${IMGDEPLOYDIR}/$base.${OTA_PAYLOAD_FSTYPE} \
+		-r ${IMAGE_ROOTFS}${sysconfdir}/full_ota_record.json -k ${OTA_SIGNING_KEY_FILE} --backend openssl \
+		-o ${IMGDEPLOYDIR}/$base.hub_update
+	ota_tool OTA_SIGNING_PUBLIC_KEY ota-build verify ${IMGDEPLOYDIR}/$base.hub_update \
+		-k ${IMAGE_ROOTFS}${OTA_DEVICE_KEY_PATH} -t ${OTA_TYPE} --backend openssl
+	install -m 0644 ${IMAGE_ROOTFS}${sysconfdir}/full_ota_record.json ${IMGDEPLOYDIR}/$base.full_ota_record.json
+	install -m 0644 ${IMAGE_ROOTFS}${OTA_DEVICE_KEY_PATH} ${IMGDEPLOYDIR}/$base.${OTA_DEVICE_KEY_NAME}
+	for name in full_ota_record.json ${OTA_DEVICE_KEY_NAME}; do
+		ln -sf $base.$name ${IMGDEPLOYDIR}/${IMAGE_LINK_NAME}.$name
+		ln -sf $base.$name ${IMGDEPLOYDIR}/$name
+	done
+	ln -sf $base.hub_update.bin ${IMGDEPLOYDIR}/${OTA_IMAGE_FILE}
+	if [ -z "${OTA_SIGNING_KEY}" ]; then
+		bbwarn "OTA_SIGNING_KEY is not set: $base.hub_update.bin is signed with the layer's published development key. Set OTA_SIGNING_KEY before shipping."
+	fi
+}
+IMAGE_CMD:hub_update[vardepsexclude] = "${OTA_PATH_VARS}"
+do_image_hub_update[depends] += "${OTA_NATIVE_DEPENDS}"
+do_image_hub_update[prefuncs] += "ota_export_secrets"
+do_image_hub_update[ota-secrets] = "OTA_KEY_PASSWORD"
+do_image_hub_update[file-checksums] += "${OTA_KEY_CHECKSUMS}"
+SSTATE_ALLOW_OVERLAP_FILES += "${DEPLOY_DIR_IMAGE}/${OTA_IMAGE_FILE} ${DEPLOY_DIR_IMAGE}/full_ota_record.json \
+                               ${DEPLOY_DIR_IMAGE}/${OTA_DEVICE_KEY_NAME}"
+
+def ota_image_wanted(d):
+    """Whether this image makes the hub_update.bin type."""
+    fstypes = (d.getVar("IMAGE_FSTYPES") or "").split()
+    return d.getVar("OTA_IMAGE_FSTYPE") in fstypes
+
+def ota_image_packages(d):
+    """The packages an image with the type gets: the record and key, and the agent with OTA_AGENT = "1"."""
+    if not ota_image_wanted(d):
+        return ""
+    return "ota-record" + (" ota-agent" if d.getVar("OTA_AGENT") == "1" else "")
 
 python () {
-    import os
-    cfg = ota_check_settings(d)
-    if cfg is not None and not d.getVar("OTA_IMAGE_FILE"):
-        d.setVar("OTA_IMAGE_FILE", cfg.image_file)
-    elif not d.getVar("OTA_IMAGE_FILE"):
-        d.setVar("OTA_IMAGE_FILE", "hub_update.bin")
-    fstype = d.getVar("OTA_PAYLOAD_FSTYPE")
-    known = set((d.getVar("IMAGE_TYPES") or "").split())
-    conversions = set((d.getVar("CONVERSIONTYPES") or "").split())
-    base, _, conv = fstype.partition(".")
-    if fstype not in known and not (base in known and conv in conversions):
-        bb.fatal("OTA_PAYLOAD_FSTYPE = '%s': not an image type this build knows (e.g. tar.gz, ext4, wic)" % fstype)
-    if os.sep in d.getVar("OTA_IMAGE_FILE"):
-        bb.fatal("OTA_IMAGE_FILE = '%s': must be a file name" % d.getVar("OTA_IMAGE_FILE"))
+    if not ota_image_wanted(d):
+        return
+    ota_check_settings(d)
     if d.getVar("OTA_UPLOAD") == "1":
-        bb.build.addtask("do_ota_upload", "do_build", "do_ota_package", d)
+        bb.build.addtask("do_ota_upload", "do_build", "do_image_complete", d)
         d.appendVarFlag("do_ota_upload", "depends", " " + d.getVar("OTA_UPLOAD_NATIVE_DEPENDS"))
 }
 
-python do_ota_package() {
-    import os
-    import shutil
-    deploy = d.getVar("DEPLOY_DIR_IMAGE")
-    fstype = d.getVar("OTA_PAYLOAD_FSTYPE")
-    candidates = [d.getVar("IMAGE_LINK_NAME") + "." + fstype,
-                  d.getVar("IMAGE_NAME") + d.getVar("IMAGE_NAME_SUFFIX") + "." + fstype,
-                  d.getVar("IMAGE_NAME") + "." + fstype]
-    payload = next((os.path.join(deploy, c) for c in candidates if os.path.exists(os.path.join(deploy, c))), None)
-    if payload is None:
-        bb.fatal("OTA_PAYLOAD_FSTYPE: no %s image in %s (is '%s' in IMAGE_FSTYPES?)" % (fstype, deploy, fstype))
-    payload = os.path.realpath(payload)
+# Native tools of the upload beyond OTA_NATIVE_DEPENDS: the Python packages of the ota_build
+# client (requests and what it imports), pure-Python wheels, no toolchain.
+OTA_UPLOAD_NATIVE_DEPENDS ??= "ota-upload-deps-native:do_populate_sysroot"
+OTA_UPLOAD_NATIVE_DEPENDS[doc] = "Native dependencies of do_ota_upload beyond the OTA tools (default: the client's Python packages, ota-upload-deps-native)."
 
-    sysroot = d.getVar("RECIPE_SYSROOT")
-    record = sysroot + d.getVar("sysconfdir") + "/full_ota_record.json"
-    public = sysroot + d.getVar("OTA_DEVICE_KEY_PATH")
-    key = d.getVar("OTA_SIGNING_KEY_FILE")
-    if not d.getVar("OTA_SIGNING_KEY"):
-        bb.warn("OTA_SIGNING_KEY is not set: %s is signed with the development key %s (made once for this build "
-                "directory). Set OTA_SIGNING_KEY to your release key before shipping."
-                % (d.getVar("OTA_IMAGE_FILE"), key))
-
-    outdir = d.getVar("OTA_DEPLOYDIR")
-    name = d.getVar("IMAGE_NAME")
-    image_file = d.getVar("OTA_IMAGE_FILE")
-    versioned = "%s.%s" % (name, image_file)
-    out = os.path.join(outdir, versioned)
-    secrets = {k: v for k, v in ota_secret_env(d).items() if k == "OTA_KEY_PASSWORD"}
-    ota_run(d, ["package", payload, "-r", record, "-k", key, "--backend", "openssl", "-o", out],
-            "OTA_SIGNING_KEY", secrets=secrets)
-    # Check it as the device will, with the key installed in its /etc.
-    ota_run(d, ["verify", out, "-k", public, "-t", d.getVar("OTA_TYPE"), "--backend", "openssl"],
-            "OTA_SIGNING_PUBLIC_KEY")
-
-    files = {image_file: versioned,
-             "full_ota_record.json": name + ".full_ota_record.json",
-             os.path.basename(public): name + "." + os.path.basename(public)}
-    shutil.copyfile(record, os.path.join(outdir, files["full_ota_record.json"]))
-    shutil.copyfile(public, os.path.join(outdir, files[os.path.basename(public)]))
-    for link, target in files.items():
-        for alias in (link, d.getVar("IMAGE_LINK_NAME") + "." + link):
-            os.symlink(target, os.path.join(outdir, alias))
+# The upload writes the record back (with the server's url and id): a copy in OTA_UPLOADDIR,
+# never the deployed one.
+OTA_UPLOADDIR = "${WORKDIR}/ota-upload"
+OTA_UPLOADDIR[doc] = "do_ota_upload's directory: the copy of the record the upload completes."
+do_ota_upload () {
+	cp ${DEPLOY_DIR_IMAGE}/${IMAGE_LINK_NAME}.full_ota_record.json ${OTA_UPLOADDIR}/full_ota_record.json
+	ota_tool OTA_UPLOAD ota-build upload -c ${OTA_CONFIG} --no-progress -r ${OTA_UPLOADDIR}/full_ota_record.json \
+		-i ${DEPLOY_DIR_IMAGE}/${IMAGE_LINK_NAME}.hub_update.bin
 }
-do_ota_package[dirs] = "${OTA_DEPLOYDIR}"
-do_ota_package[cleandirs] = "${OTA_DEPLOYDIR}"
-do_ota_package[depends] += "${OTA_NATIVE_DEPENDS} ota-record:do_populate_sysroot"
-do_ota_package[file-checksums] += "${OTA_KEY_CHECKSUMS}"
-do_ota_package[vardeps] += "OTA_PAYLOAD_FSTYPE OTA_TYPE OTA_IMAGE_FILE OTA_DEVICE_KEY_PATH"
-do_ota_package[vardepsexclude] += "${OTA_PATH_VARS} ${OTA_SECRET_ENV_VARS} BB_ORIGENV DATETIME"
-# Deployed like images (removed again when the task re-runs or is cleaned),
-# without an sstate archive: a signed release is made by the build that signs it.
-SSTATETASKS += "do_ota_package"
-do_ota_package[sstate-inputdirs] = "${OTA_DEPLOYDIR}"
-do_ota_package[sstate-outputdirs] = "${DEPLOY_DIR_IMAGE}"
-SSTATE_SKIP_CREATION:task-ota-package = "1"
-# The stable names (hub_update.bin, full_ota_record.json, the key) point at the
-# last image packaged when several images inherit ota-image.
-SSTATE_ALLOW_OVERLAP_FILES += "${DEPLOY_DIR_IMAGE}/${OTA_IMAGE_FILE} ${DEPLOY_DIR_IMAGE}/full_ota_record.json \
-                               ${DEPLOY_DIR_IMAGE}/${@os.path.basename(d.getVar('OTA_DEVICE_KEY_PATH'))}"
-
-python do_ota_package_setscene() {
-    sstate_setscene(d)
-}
-addtask do_ota_package_setscene
-do_ota_package[doc] = "Wraps the payload image into the signed OTA image (hub_update.bin) and deploys it with the record and the public key"
-addtask ota_package after do_image_complete before do_build
-
-python do_ota_upload() {
-    import os
-    deploy = d.getVar("DEPLOY_DIR_IMAGE")
-    workdir = d.getVar("OTA_UPLOADDIR")
-    image_file = d.getVar("OTA_IMAGE_FILE")
-    for name in (image_file, "full_ota_record.json"):
-        os.symlink(os.path.realpath(os.path.join(deploy, d.getVar("IMAGE_LINK_NAME") + "." + name)),
-                   os.path.join(workdir, name))
-    args = ["-c", d.getVar("OTA_CONFIG"), "-n", d.getVar("OTA_BUILD_NUMBER"), "-s", "--uploadOTAImage"]
-    if d.getVar("OTA_DEBUG") == "1":
-        args.insert(4, "-d")
-    ota_run(d, args, "OTA_UPLOAD", module="ota_build.cli.compat", secrets=ota_secret_env(d), cwd=workdir)
-}
-do_ota_upload[network] = "1"
-do_ota_upload[doc] = "Uploads the OTA image and its record to the OTA service (OTA_UPLOAD = 1)"
 do_ota_upload[dirs] = "${OTA_UPLOADDIR}"
 do_ota_upload[cleandirs] = "${OTA_UPLOADDIR}"
+do_ota_upload[network] = "1"
+do_ota_upload[doc] = "Uploads the OTA image and its record to the OTA service (OTA_UPLOAD = 1) with ota-build upload"
 do_ota_upload[depends] += "${OTA_NATIVE_DEPENDS}"
+do_ota_upload[prefuncs] += "ota_export_secrets"
+do_ota_upload[ota-secrets] = "${OTA_SECRET_ENV_VARS}"
 do_ota_upload[file-checksums] += "${OTA_CONFIG_CHECKSUMS}"
-do_ota_upload[vardeps] += "OTA_BUILD_NUMBER OTA_DEBUG OTA_IMAGE_FILE"
 do_ota_upload[vardepsexclude] += "${OTA_PATH_VARS} ${OTA_SECRET_ENV_VARS} BB_ORIGENV"

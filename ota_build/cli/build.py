@@ -119,7 +119,13 @@ def cmd_agent_config(args: argparse.Namespace) -> int:
     from ota_build.device.config import build_agent_config
     from ota_build.core.files import atomic_write_text
 
-    doc = build_agent_config(args.server, args.device_type, args.public_key, ota_type=args.type, slots=args.slot,
+    device_type = args.device_type
+    if not device_type:
+        if not args.conf:
+            raise UsageError("agent-config: give --device-type, or -c with a config that has 'deviceTypeId'")
+        from ota_build.core.config import load_config
+        device_type = load_config(args.conf, env={}).device_type_id
+    doc = build_agent_config(args.server, device_type, args.public_key, ota_type=args.type, slots=args.slot,
                              boot_variable=args.boot_variable, boot_values=args.boot_value,
                              command=args.command.split() if args.command else None, poll_interval=args.poll_interval,
                              local_port=args.local_port, description=args.description, boot_limit=args.boot_limit,
@@ -255,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write /etc/ota-agent.json for an image (used by meta-ota's ota-agent recipe). "
                                    "Two --slot options select the A/B installer, else --command is the installer.")
     p.add_argument("--server", required=True, help="OTA service base URL (http:// or https://)")
-    p.add_argument("--device-type", required=True, help="deviceTypeId of the devices running this image")
+    p.add_argument("--device-type", help="deviceTypeId of the devices running this image (default: the config's)")
+    p.add_argument("-c", "--conf", metavar="JSON", help="partner config whose deviceTypeId is the default --device-type")
     p.add_argument("--public-key", action="append", required=True, metavar="PATH",
                    help="verification key path on the device (repeatable)")
     p.add_argument("-t", "--type", type=int, default=5, help="OTA type (default: 5)")

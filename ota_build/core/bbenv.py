@@ -55,3 +55,31 @@ def find_tmpdir(timeout: float = 600.0) -> str:
         last = (out.stderr.strip().splitlines() or ["no TMPDIR in its output"])[-1]
         raise UsageError(f"cannot find BitBake's TMPDIR: 'bitbake -e' failed ({last}); {HINT}")
     return found
+
+
+def layer_settings_problem(config: str, build_number: str, version_number: str, ota_type: str) -> Optional[str]:
+    """meta-ota's parse-time check of its settings: None when usable, else one line that
+    starts with the BitBake variable to look at (and names the config field).
+
+    The layer runs it in a separate Python (``python3 -I -B``), never inside BitBake's
+    parser: see ``ota_settings_problem`` in meta-ota/classes/ota-common.bbclass.
+    """
+    from ota_build.core.config import load_config
+    from ota_build.core.errors import OtaError
+    from ota_build.core.version import derive_version_number, parse_build_number, parse_version_number
+
+    blame = "OTA_CONFIG"
+    try:
+        cfg = load_config(config, env={})
+        blame = "OTA_BUILD_NUMBER"
+        build = parse_build_number(build_number)
+        blame = "OTA_VERSION_NUMBER"
+        if version_number:
+            parse_version_number(version_number)
+        else:
+            derive_version_number(cfg.version, build)
+    except OtaError as exc:
+        return f"{blame}: " + str(exc).replace("--version-number", "OTA_VERSION_NUMBER")
+    if int(ota_type) != cfg.ota_type:
+        return f"OTA_TYPE = '{ota_type}' but field 'type' of OTA_CONFIG ({config}) is {cfg.ota_type}: make them the same"
+    return None

@@ -12,7 +12,7 @@ LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda
 
 inherit deploy kernel-arch ota-common
 
-DEPENDS += "ota-build-native python3-native u-boot-tools-native"
+DEPENDS += "ota-build-native u-boot-tools-native"
 # boot.scr and fw_env.config are per machine (boot values, devices, environment size).
 PACKAGE_ARCH = "${MACHINE_ARCH}"
 INHIBIT_DEFAULT_DEPS = "1"
@@ -33,21 +33,23 @@ python () {
 
 do_configure[noexec] = "1"
 
-python do_compile() {
-    args = ["boot-script", "--boot-variable", d.getVar("OTA_AGENT_BOOT_VARIABLE"),
-            "--env-storage", d.getVar("OTA_BOOT_ENV_STORAGE"), "--env-file", d.getVar("OTA_BOOT_ENV_FILE"),
-            "--env-device", d.getVar("OTA_BOOT_ENV_DEVICE"), "--env-addr", d.getVar("OTA_BOOT_ENV_ADDR"),
-            "--bootargs", d.getVar("OTA_BOOT_ARGS"), "--boot-commands", d.getVar("OTA_BOOT_COMMANDS"),
-            "--on-failure", d.getVar("OTA_BOOT_ON_FAILURE"), "-o", d.getVar("B") + "/boot.cmd"]
-    for slot in d.getVar("OTA_AGENT_SLOTS").split():
-        args += ["--slot", slot]
-    for value in (d.getVar("OTA_AGENT_BOOT_VALUES") or "").split():
-        args += ["--boot-value", value]
-    ota_run(d, args, "OTA_AGENT_SLOTS")
-    bb.build.exec_func("ota_boot_mkimage", d)
-    with open(d.getVar("B") + "/fw_env.config", "w") as fh:
-        fh.write("# meta-ota: U-Boot environment for fw_printenv/fw_setenv (OTA_BOOT_FW_ENV_CONFIG)\n")
-        fh.write("# device/file  offset  size\n%s\n" % d.getVar("OTA_BOOT_FW_ENV_CONFIG"))
+# U-Boot syntax in the values (${kernel_addr_r}, ...) is U-Boot's: each value is single-quoted
+# into the run script so that neither BitBake nor the shell expands it.
+def ota_boot_quote(d, name):
+    import shlex
+    return shlex.quote(d.getVar(name) or "")
+
+do_compile() {
+	ota_tool OTA_AGENT_SLOTS ota-build boot-script --boot-variable ${@ota_boot_quote(d, 'OTA_AGENT_BOOT_VARIABLE')} \
+		--env-storage ${@ota_boot_quote(d, 'OTA_BOOT_ENV_STORAGE')} --env-file ${@ota_boot_quote(d, 'OTA_BOOT_ENV_FILE')} \
+		--env-device ${@ota_boot_quote(d, 'OTA_BOOT_ENV_DEVICE')} --env-addr ${@ota_boot_quote(d, 'OTA_BOOT_ENV_ADDR')} \
+		--bootargs ${@ota_boot_quote(d, 'OTA_BOOT_ARGS')} --boot-commands ${@ota_boot_quote(d, 'OTA_BOOT_COMMANDS')} \
+		--on-failure ${@ota_boot_quote(d, 'OTA_BOOT_ON_FAILURE')} -o ${B}/boot.cmd \
+		${@' '.join('--slot ' + s for s in (d.getVar('OTA_AGENT_SLOTS') or '').split())} \
+		${@' '.join('--boot-value ' + v for v in (d.getVar('OTA_AGENT_BOOT_VALUES') or '').split())}
+	mkimage -A ${UBOOT_ARCH} -T script -C none -n "meta-ota A/B boot script" -d ${B}/boot.cmd ${B}/${OTA_BOOT_SCRIPT_NAME}
+	printf '%s\n' "# meta-ota: U-Boot environment for fw_printenv/fw_setenv (OTA_BOOT_FW_ENV_CONFIG)" \
+		"# device/file  offset  size" ${@ota_boot_quote(d, 'OTA_BOOT_FW_ENV_CONFIG')} > ${B}/fw_env.config
 }
 do_compile[dirs] = "${B}"
 do_compile[cleandirs] = "${B}"
@@ -55,10 +57,6 @@ do_compile[vardeps] += "OTA_AGENT_SLOTS OTA_AGENT_BOOT_VARIABLE OTA_AGENT_BOOT_V
                         OTA_BOOT_ENV_FILE OTA_BOOT_ENV_DEVICE OTA_BOOT_ENV_ADDR OTA_BOOT_ARGS OTA_BOOT_COMMANDS \
                         OTA_BOOT_ON_FAILURE OTA_BOOT_FW_ENV_CONFIG UBOOT_ARCH"
 do_compile[vardepsexclude] += "${OTA_PATH_VARS} ${OTA_SECRET_ENV_VARS} BB_ORIGENV"
-
-ota_boot_mkimage() {
-    mkimage -A ${UBOOT_ARCH} -T script -C none -n "meta-ota A/B boot script" -d ${B}/boot.cmd ${B}/${OTA_BOOT_SCRIPT_NAME}
-}
 
 do_install() {
     install -d ${D}${sysconfdir}

@@ -20,7 +20,7 @@ B = "${WORKDIR}/build"
 
 inherit allarch ota-common python3-dir systemd update-rc.d
 
-DEPENDS += "ota-build-native python3-native"
+DEPENDS += "ota-build-native"
 
 SYSTEMD_SERVICE:${PN} = "ota-agent.service"
 INITSCRIPT_NAME = "ota-agent"
@@ -32,21 +32,15 @@ OTA_DEVICE_PARTS[doc] = "Sub-packages of ota_build installed on the device: the 
 
 do_configure[noexec] = "1"
 
-python do_compile() {
-    cfg = ota_check_settings(d)
-    args = ["agent-config", "--server", d.getVar("OTA_AGENT_SERVER"),
-            "--device-type", d.getVar("OTA_AGENT_DEVICE_TYPE") or (cfg.device_type_id if cfg else ""),
-            "--public-key", d.getVar("OTA_DEVICE_KEY_PATH"), "--type", d.getVar("OTA_TYPE"),
-            "--boot-variable", d.getVar("OTA_AGENT_BOOT_VARIABLE"), "--command", d.getVar("OTA_AGENT_COMMAND"),
-            "--poll-interval", d.getVar("OTA_AGENT_POLL_INTERVAL"), "--local-port", d.getVar("OTA_AGENT_LOCAL_PORT"),
-            "--description", d.getVar("OTA_AGENT_DESCRIPTION"), "--payload-fstype", d.getVar("OTA_PAYLOAD_FSTYPE"),
-            "--boot-limit", d.getVar("OTA_AGENT_BOOT_LIMIT"), "--health-check", d.getVar("OTA_AGENT_HEALTH_CHECK") or "",
-            "-o", d.getVar("B") + "/ota-agent.json"]
-    for slot in (d.getVar("OTA_AGENT_SLOTS") or "").split():
-        args += ["--slot", slot]
-    for value in (d.getVar("OTA_AGENT_BOOT_VALUES") or "").split():
-        args += ["--boot-value", value]
-    ota_run(d, args, "OTA_AGENT_SLOTS" if d.getVar("OTA_AGENT_SLOTS") else "OTA_AGENT_SERVER")
+do_compile() {
+	ota_tool ${@'OTA_AGENT_SLOTS' if d.getVar('OTA_AGENT_SLOTS') else 'OTA_AGENT_SERVER'} ota-build agent-config \
+		--server "${OTA_AGENT_SERVER}" -c ${OTA_CONFIG} ${@'--device-type ' + d.getVar('OTA_AGENT_DEVICE_TYPE') if d.getVar('OTA_AGENT_DEVICE_TYPE') else ''} \
+		--public-key ${OTA_DEVICE_KEY_PATH} --type ${OTA_TYPE} --boot-variable "${OTA_AGENT_BOOT_VARIABLE}" \
+		--command "${OTA_AGENT_COMMAND}" --poll-interval ${OTA_AGENT_POLL_INTERVAL} --local-port ${OTA_AGENT_LOCAL_PORT} \
+		--description "${OTA_AGENT_DESCRIPTION}" --payload-fstype "${OTA_PAYLOAD_FSTYPE}" \
+		--boot-limit "${OTA_AGENT_BOOT_LIMIT}" --health-check "${OTA_AGENT_HEALTH_CHECK}" -o ${B}/ota-agent.json \
+		${@' '.join('--slot ' + s for s in (d.getVar('OTA_AGENT_SLOTS') or '').split())} \
+		${@' '.join('--boot-value ' + v for v in (d.getVar('OTA_AGENT_BOOT_VALUES') or '').split())}
 }
 do_compile[dirs] = "${B}"
 do_compile[cleandirs] = "${B}"

@@ -19,6 +19,10 @@ INHIBIT_DEFAULT_DEPS = "1"
 
 inherit ota-common native
 
+# The tools run with python3-native (bin/python3-native/python3 beside them in the sysroot):
+# whoever depends on ota-build-native:do_populate_sysroot gets it too.
+RDEPENDS:${PN} += "python3-native"
+
 do_configure[noexec] = "1"
 do_compile[noexec] = "1"
 
@@ -34,9 +38,12 @@ do_install() {
         target=${tool#*:}
         cat > ${D}${bindir}/$name <<EOS
 #!/bin/sh
-# $name from ota-build-native (meta-ota): runs ota_build with the python3 on PATH
+# $name from ota-build-native (meta-ota): runs ota_build with python3-native beside it in
+# the sysroot (OTA_PYTHON, or the python3 on PATH, where there is none), writing no bytecode
 here=\$(dirname "\$(readlink -f "\$0")")
-PYTHONPATH="\$here/../share/ota-build\${PYTHONPATH:+:\$PYTHONPATH}" exec "\${OTA_PYTHON:-python3}" -c 'import sys; from ${target%:*} import ${target#*:}; sys.exit(${target#*:}())' "\$@"
+python=\${OTA_PYTHON:-\$here/python3-native/python3}
+[ -x "\$python" ] || python=python3
+PYTHONPATH="\$here/../share/ota-build\${PYTHONPATH:+:\$PYTHONPATH}" PYTHONDONTWRITEBYTECODE=1 exec "\$python" -s -c 'import sys; from ${target%:*} import ${target#*:}; sys.exit(${target#*:}())' "\$@"
 EOS
         chmod 0755 ${D}${bindir}/$name
     done

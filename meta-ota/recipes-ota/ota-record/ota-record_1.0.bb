@@ -4,14 +4,14 @@ DESCRIPTION = "Creates the image's OTA record from OTA_CONFIG and OTA_BUILD_NUMB
 ota_build (or picks up a record made before the build in OTA_RECORD_PREMADE, as \
 partner-ota-hub-uploader --createOTARecord leaves it in TMPDIR), and installs it as \
 /etc/full_ota_record.json together with the public key devices verify hub_update.bin with. \
-Without OTA_SIGNING_KEY, a development key pair is made once in OTA_DEV_KEY_DIR."
+Without OTA_SIGNING_KEY, the layer's published development key is used."
 HOMEPAGE = "https://github.com/meta-ota/meta-ota"
 LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
 
 inherit allarch ota-common
 
-DEPENDS += "openssl-native ota-build-native python3-native"
+DEPENDS += "openssl-native ota-build-native"
 
 B = "${WORKDIR}/build"
 
@@ -21,42 +21,28 @@ python () {
     ota_check_settings(d)
 }
 
-python do_compile() {
-    import os
-    b = d.getVar("B")
-    key = d.getVar("OTA_SIGNING_KEY_FILE")
-    public = d.getVar("OTA_PUBLIC_KEY_FILE")
-    if not d.getVar("OTA_SIGNING_KEY") and not os.path.exists(key):
-        bb.utils.mkdirhier(d.getVar("OTA_DEV_KEY_DIR"))
-        ota_run(d, ["keygen", "-a", d.getVar("OTA_DEV_KEY_ALGORITHM"), "--backend", "openssl",
-                    "--private", key, "--public", public], "OTA_DEV_KEY_DIR")
-        bb.warn("OTA_SIGNING_KEY is not set: made a development key pair in %s; images of this build "
-                "directory are signed with it. Set OTA_SIGNING_KEY for releases." % d.getVar("OTA_DEV_KEY_DIR"))
-    # The key devices verify with is derived from the signing key, so the two always match.
-    derived = os.path.join(b, "public.pem")
-    password = {k: v for k, v in ota_secret_env(d).items() if k == "OTA_KEY_PASSWORD"}
-    ota_run(d, ["pubkey", "-k", key, "--backend", "openssl", "-o", derived], "OTA_SIGNING_KEY", secrets=password)
-    if public and os.path.exists(public):
-        with open(public, "rb") as given, open(derived, "rb") as mine:
-            if given.read().strip() != mine.read().strip():
-                bb.fatal("OTA_SIGNING_PUBLIC_KEY: %s is not the public key of %s" % (public, key))
-
-    record = os.path.join(b, "full_ota_record.json")
-    premade = d.getVar("OTA_RECORD_PREMADE")
-    if premade and os.path.exists(premade):
-        bb.note("Using the OTA record made before the build: %s (remove it to have the build make one)" % premade)
-        ota_run(d, ["record", "--from", premade, "-o", record], "OTA_RECORD_PREMADE")
-    else:
-        args = ["record", "-c", d.getVar("OTA_CONFIG"), "-n", d.getVar("OTA_BUILD_NUMBER"), "-o", record, "--force"]
-        if d.getVar("OTA_DEBUG") == "1":
-            args.append("-d")
-        if d.getVar("OTA_VERSION_NUMBER"):
-            args += ["--version-number", d.getVar("OTA_VERSION_NUMBER")]
-        os.environ["SOURCE_DATE_EPOCH"] = d.getVar("OTA_RECORD_TIMESTAMP")
-        ota_run(d, args, "OTA_CONFIG")
+# The public key devices verify with is derived from the signing key, so the two always
+# match; the record is made from OTA_CONFIG, or a record made before the build is used.
+do_compile() {
+	ota_tool OTA_SIGNING_KEY ota-build pubkey -k ${OTA_SIGNING_KEY_FILE} --backend openssl -o ${B}/public.pem
+	if [ -n "${OTA_PUBLIC_KEY_FILE}" ] && [ "$(cat ${OTA_PUBLIC_KEY_FILE})" != "$(cat ${B}/public.pem)" ]; then
+		bbfatal "OTA_SIGNING_PUBLIC_KEY: ${OTA_PUBLIC_KEY_FILE} is not the public key of ${OTA_SIGNING_KEY_FILE}"
+	fi
+	if [ -e "${OTA_RECORD_PREMADE}" ]; then
+		bbnote "Using the OTA record made before the build: ${OTA_RECORD_PREMADE} (remove it to have the build make one)"
+		ota_tool OTA_RECORD_PREMADE ota-build record --from ${OTA_RECORD_PREMADE} -o ${B}/full_ota_record.json
+	else
+		export SOURCE_DATE_EPOCH=${OTA_RECORD_TIMESTAMP}
+		ota_tool OTA_CONFIG ota-build record -c ${OTA_CONFIG} \
+			-n ${OTA_BUILD_NUMBER} -o ${B}/full_ota_record.json --force ${OTA_RECORD_ARGS}
+	fi
 }
+OTA_RECORD_ARGS = "${@'-d' if d.getVar('OTA_DEBUG') == '1' else ''} ${@'--version-number ' + d.getVar('OTA_VERSION_NUMBER') if d.getVar('OTA_VERSION_NUMBER') else ''}"
+OTA_RECORD_ARGS[doc] = "Options of ota-build record from OTA_DEBUG and OTA_VERSION_NUMBER."
 do_compile[dirs] = "${B}"
 do_compile[cleandirs] = "${B}"
+do_compile[prefuncs] += "ota_export_secrets"
+do_compile[ota-secrets] = "OTA_KEY_PASSWORD"
 do_compile[file-checksums] += "${OTA_FILE_CHECKSUMS}"
 do_compile[vardeps] += "${OTA_VALUE_VARS} OTA_RECORD_TIMESTAMP"
 do_compile[vardepsexclude] += "${OTA_PATH_VARS} ${OTA_SECRET_ENV_VARS} BB_ORIGENV"
@@ -68,5 +54,3 @@ do_install() {
 }
 
 FILES:${PN} += "${sysconfdir}/full_ota_record.json ${OTA_DEVICE_KEY_PATH}"
-# do_ota_package of the image reads both files from the sysroot.
-SYSROOT_DIRS += "${sysconfdir}"
