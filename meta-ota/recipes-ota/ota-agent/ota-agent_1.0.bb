@@ -46,6 +46,9 @@ python do_compile() {
         args += ["--slot", slot]
     for value in (d.getVar("OTA_AGENT_BOOT_VALUES") or "").split():
         args += ["--boot-value", value]
+    if d.getVar("OTA_BOOT_ENV_STORAGE") == "file":
+        # the boot script's file mode: the agent keeps the boot state in the same file (docs/boot.md)
+        args += ["--boot-env-file", "%s/%s" % (d.getVar("OTA_BOOT_MOUNT").rstrip("/"), d.getVar("OTA_BOOT_ENV_FILE"))]
     ota_run(d, args, "OTA_AGENT_SLOTS" if d.getVar("OTA_AGENT_SLOTS") else "OTA_AGENT_SERVER")
 }
 do_compile[dirs] = "${B}"
@@ -53,7 +56,7 @@ do_compile[cleandirs] = "${B}"
 do_compile[vardeps] += "OTA_AGENT_SERVER OTA_AGENT_DEVICE_TYPE OTA_AGENT_SLOTS OTA_AGENT_BOOT_VARIABLE \
                         OTA_AGENT_BOOT_VALUES OTA_AGENT_COMMAND OTA_AGENT_POLL_INTERVAL OTA_AGENT_LOCAL_PORT \
                         OTA_AGENT_DESCRIPTION OTA_TYPE OTA_DEVICE_KEY_PATH OTA_PAYLOAD_FSTYPE OTA_AGENT_BOOT_LIMIT \
-                        OTA_AGENT_HEALTH_CHECK"
+                        OTA_AGENT_HEALTH_CHECK OTA_BOOT_ENV_STORAGE OTA_BOOT_MOUNT OTA_BOOT_ENV_FILE"
 do_compile[vardepsexclude] += "${OTA_PATH_VARS} ${OTA_SECRET_ENV_VARS} BB_ORIGENV"
 do_compile[file-checksums] += "${OTA_CONFIG_CHECKSUMS}"
 
