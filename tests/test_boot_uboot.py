@@ -16,17 +16,24 @@ U-Boot's environment in flash holds the default environment with ``bootdelay=0``
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import shutil
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import pytest
 
-from ota_build.device.bootscript import boot_script_settings, parse_env_text, render_boot_script
+from ota_build.core.bootenv import parse_env_text, state_variables
+from ota_build.core.signing import generate_key
+from ota_build.device import bootsim
+from ota_build.device.agent import Agent
+from ota_build.device.config import load_agent_config
+from ota_build.partner.bootscript import boot_script_settings, render_boot_script
 
 UBOOT = Path("/usr/lib/u-boot/qemu_arm/u-boot.bin")
 SEARCH = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"            # mkfs.vfat and sfdisk are in sbin
@@ -198,8 +205,9 @@ def flash_env(machine: Machine, base: Path, **values: str) -> Path:
 
 
 def script(**kw) -> str:
+    kw.setdefault("boot_commands", BOOT_COMMANDS)
     settings = boot_script_settings(SLOTS, boot_variable="bootpart", boot_values=VALUES, storage="file",
-                                    env_file=ENV_FILE, boot_commands=BOOT_COMMANDS, **kw)
+                                    env_file=ENV_FILE, **kw)
     return render_boot_script(settings)
 
 
@@ -359,3 +367,155 @@ def test_a_damaged_counter_still_counts_down(machine):
     boot = machine.boot()
     check_slot(boot, "b")
     assert boot.vars["BOOT_b_LEFT"] == "1"
+
+
+# --- one contract across both halves: the boot script's model and the agent against the real script ----------
+
+def put_env(machine: Machine, data: bytes) -> None:
+    """Write ``data`` as the env file on the disk's FAT boot partition (mtools, as Linux would on /uboot)."""
+    src = machine.dir / "env-upload.txt"
+    src.write_bytes(data)
+    run(["mcopy", "-o", "-i", f"{machine.disk}@@{BOOT_START}", str(src), "::" + ENV_FILE])
+
+
+def cross_check(machine: Machine, slots: Dict[str, str], values: Dict[str, str], env: Optional[Dict[str, str]],
+                boots: int) -> List[str]:
+    """Boot ``boots`` times in U-Boot and in ``bootsim.boot``: the same slot, the same decision to save, the same
+    saved state (the file holds the state variables and the boot variable: what the script exports)."""
+    machine.make_disk(render_boot_script(boot_script_settings(slots, boot_variable="bootpart", boot_values=values,
+                                                              storage="file", env_file=ENV_FILE,
+                                                              boot_commands=BOOT_COMMANDS)),
+                      None if env is None else env_text(**env))
+    exported = state_variables(list(slots)) + ["bootpart"]
+    current, chosen = dict(env or {}), []
+    for _ in range(boots):
+        slot, saved, volatile = bootsim.boot(current, list(slots), "bootpart", values)
+        before = machine.env_bytes()
+        boot = machine.boot()
+        check_slot(boot, slot)
+        assert boot.bootpart == volatile["bootpart"] and volatile["bootargs"].endswith(f"ota.slot={slot}")
+        wrote = boot.env != before
+        assert wrote == (saved != current), (current, saved, boot.console[-1500:])
+        if wrote:
+            assert boot.vars == {k: saved[k] for k in exported if k in saved}, (current, boot.console[-1500:])
+            current = boot.vars
+        chosen.append(slot)
+    return chosen
+
+
+SWITCHED = dict(BOOT_ORDER="b a", BOOT_a_LEFT="3", BOOT_b_LEFT="3", upgrade_available="1", bootcount="0",
+                bootlimit="3", bootpart="0:3")
+
+
+@pytest.mark.parametrize("slots, values, env, expected", [
+    (SLOTS, VALUES, None, ["a"]),                                                       # fresh card, no file
+    (SLOTS, VALUES, dict(BOOT_ORDER="b a", BOOT_b_LEFT="3", upgrade_available="0", bootcount="0", bootpart="0:3",
+                         keep="1"), ["b", "b"]),                                        # committed
+    (SLOTS, VALUES, SWITCHED, ["b", "b", "b", "a", "a"]),                               # counters 3, 2, 1, 0
+    (SLOTS, VALUES, dict(BOOT_ORDER="b a", upgrade_available="1"), ["a", "a"]),         # missing counters
+    (SLOTS, VALUES, dict(upgrade_available="1", BOOT_a_LEFT="1"), ["a", "b"]),          # no BOOT_ORDER
+    (SLOTS, VALUES, dict(BOOT_ORDER="x b a", BOOT_b_LEFT="1", upgrade_available="1"), ["b", "a", "a"]),
+    (SLOTS3, VALUES3, dict(BOOT_ORDER="c a b", BOOT_c_LEFT="1", upgrade_available="1", bootcount="0"),
+     ["c", "a", "a"]),                                                                  # three slots
+    (SLOTS, VALUES, dict(BOOT_ORDER="b a", BOOT_b_LEFT="2 * 9", upgrade_available="1", bootcount="x"),
+     ["b", "b", "a"]),                                                                  # damaged counters
+    (SLOTS, VALUES, dict(BOOT_ORDER="b a", BOOT_b_LEFT="12", upgrade_available="1"), ["b", "b", "b", "a"]),  # above 9
+], ids=["fresh", "committed", "switched-3-2-1-0", "missing-counters", "no-order", "unknown-slot", "three-slots",
+        "damaged", "above-9"])
+def test_bootsim_and_the_real_script_agree(machine, slots, values, env, expected):
+    assert cross_check(machine, slots, values, env, len(expected)) == expected
+
+
+def agent_on(machine: Machine, health: List[str]) -> Agent:
+    """The real agent for this machine: its boot state is a host copy of the FAT partition's env file (copied
+    over with mtools), its kernel command line and boot id are files the test writes after each boot."""
+    root = machine.dir / "device"
+    (root / "etc").mkdir(parents=True)
+    generate_key("ecdsa-p256", str(root / "k.pem"), str(root / "etc" / "k.pub.pem"), backend="cryptography")
+    for slot in SLOTS:
+        (root / f"slot-{slot}.img").write_bytes(b"")
+    conf = {"device": "qemu-1", "server": "http://127.0.0.1:9", "deviceToken": "t", "deviceTypeId": "dt",
+            "publicKeys": ["etc/k.pub.pem"], "record": "etc/full_ota_record.json", "stateDir": "state",
+            "cmdline": "cmdline", "bootIdFile": "boot_id", "bootLimit": 3, "healthCheck": health,
+            "flask": {"host": "127.0.0.1", "port": 0}, "token": "local",
+            "installer": {"type": "ab", "slots": {s: str(root / f"slot-{s}.img") for s in SLOTS},
+                          "bootEnv": {"tool": "file", "file": str(root / ENV_FILE), "variable": "bootpart",
+                                      "values": VALUES}}}
+    (root / "ota-agent.json").write_text(json.dumps(conf))
+    return Agent(load_agent_config(str(root / "ota-agent.json")))
+
+
+def booted(machine: Machine, agent: Agent) -> Boot:
+    """One QEMU boot, then what Linux would see: /proc/cmdline (the bootargs the script printed), a new boot id,
+    and the env file as U-Boot left it on the boot partition (with its NUL), copied to the agent's path."""
+    boot = machine.boot()
+    cmdline = re.findall(r"^ota-test: cmdline (.*)$", boot.console, re.M)
+    assert len(cmdline) == 1, boot.console[-2000:]
+    root = Path(agent.config.path).parent
+    (root / "cmdline").write_text(cmdline[0] + "\n")
+    (root / "boot_id").write_text(str(uuid.uuid4()) + "\n")
+    if boot.env is not None:
+        (root / ENV_FILE).write_bytes(boot.env)
+    return boot
+
+
+def switched_by_the_agent(machine: Machine, health: List[str]) -> Agent:
+    """Slot a runs (a fresh card: no env file); the agent records the verified slot b as pending and switches
+    (its own _switch, i.e. BootEnv.switch into the env file), which goes onto the boot partition."""
+    machine.make_disk(script(boot_commands='echo "ota-test: cmdline ${bootargs}"; ' + BOOT_COMMANDS), None)
+    agent = agent_on(machine, health)
+    check_slot(booted(machine, agent), "a")
+    assert agent.installer.active_slot() == "a"                  # from ota.slot= on the command line
+    agent._save_state(pending={"slot": "b", "versionNumber": 7, "fromSlot": "a", "bootId": agent._boot_id(),
+                               "switched": False})
+    assert agent._switch("").state == "pending-reboot"
+    written = Path(agent.config.installer["bootEnv"]["file"]).read_bytes()
+    assert parse_env_text(written) == {"BOOT_ORDER": "b a", "BOOT_b_LEFT": "3", "upgrade_available": "1",
+                                       "bootcount": "0", "bootpart": "0:3"}
+    put_env(machine, written)
+    return agent
+
+
+def test_agent_switch_boot_and_commit_in_uboot(machine):
+    """The agent's switch -> U-Boot boots b (attempt 1) -> the agent reads U-Boot's file back (NUL-terminated),
+    health check passes, commits -> every later boot keeps b and writes nothing."""
+    agent = switched_by_the_agent(machine, ["true"])
+    boot = booted(machine, agent)
+    check_slot(boot, "b")
+    assert "ota: slot b is not committed: attempt 1, 2 left" in boot.console
+    assert boot.env is not None and boot.env.endswith(b"\n\0")   # env export -t's NUL, read by the agent
+    assert agent.installer.active_slot() == "b"
+    outcome = agent.settle()
+    assert outcome is not None and (outcome.state, outcome.version_number) == ("installed", 7), outcome
+    committed = Path(agent.config.installer["bootEnv"]["file"]).read_bytes()
+    assert b"\0" not in committed
+    assert parse_env_text(committed) == {"BOOT_ORDER": "b a", "BOOT_b_LEFT": "3", "upgrade_available": "0",
+                                         "bootcount": "0", "bootpart": "0:3"}
+    put_env(machine, committed)
+    for _ in range(4):                                            # past bootlimit
+        boot = booted(machine, agent)
+        check_slot(boot, "b")
+        assert boot.env == committed and "bytes written" not in boot.console and "not committed" not in boot.console
+    assert agent.settle() is None
+
+
+def test_agent_switch_without_commit_rolls_back_in_uboot(machine):
+    """The agent switches, b's health check fails on each of its bootlimit boots (no commit), U-Boot falls back
+    to a; the agent, on a with a new boot id, reports rolled-back and never retries versionNumber 7."""
+    agent = switched_by_the_agent(machine, ["sh", "-c", "echo app did not start >&2; exit 1"])
+    for attempt in (1, 2, 3):
+        boot = booted(machine, agent)
+        check_slot(boot, "b")
+        assert f"ota: slot b is not committed: attempt {attempt}, {3 - attempt} left" in boot.console
+        outcome = agent.settle()
+        assert outcome is not None and outcome.state == "failed" and "app did not start" in outcome.message
+        assert agent.installer.boot_env.read_all()["upgrade_available"] == "1"
+    boot = booted(machine, agent)
+    assert "ota: slot b used up its boot attempts: rolling back" in boot.console
+    check_slot(boot, "a")
+    assert agent.installer.boot_env.read_all() == {"BOOT_ORDER": "a b", "BOOT_b_LEFT": "0", "upgrade_available": "0",
+                                                    "bootcount": "0", "bootpart": "0:2"}
+    outcome = agent.settle()
+    assert outcome is not None and (outcome.state, outcome.version_number) == ("rolled-back", 7), outcome
+    assert agent._state()["failedVersionNumbers"] == [7] and agent.settle() is None
+    check_slot(booted(machine, agent), "a")                      # committed again: a stays

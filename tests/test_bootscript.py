@@ -1,4 +1,4 @@
-"""The A/B boot script generator (ota_build.device.bootscript, ``ota-build boot-script``).
+"""The A/B boot script generator (ota_build.partner.bootscript, ``ota-build boot-script``).
 
 What the script does in a real U-Boot is in test_boot_uboot.py; here: the settings are
 checked (names fullmatch, one line naming the bad one, exit 2), the storage modes, and
@@ -15,8 +15,8 @@ import pytest
 
 from ota_build.cli.build import main
 from ota_build.core.errors import UsageError
-from ota_build.device.bootscript import (boot_script_settings, left_variable, parse_env_text, render_boot_script,
-                                         state_variables)
+from ota_build.core.bootenv import left_variable, parse_env_text, state_variables
+from ota_build.partner.bootscript import boot_script_settings, render_boot_script
 
 SLOTS = {"a": "/dev/mmcblk0p2", "b": "/dev/mmcblk0p3"}
 

@@ -276,7 +276,8 @@ def test_broken_image_rolls_back_and_is_not_retried(server, partner, keys, tmp_p
     assert device_state(server, partner, "dev-rb")["state"] == "failed"
     assert reboot(conf) == "a"                                # the boot script falls back
     env = bootenv(conf)
-    assert env["BOOT_ORDER"] == "a b" and env["upgrade_available"] == "0" and env["ota_slot"] == "b"
+    # the script saves the boot variable with the state: the legacy variable names a again (as in U-Boot)
+    assert env["BOOT_ORDER"] == "a b" and env["upgrade_available"] == "0" and env["ota_slot"] == "a"
     caplog.set_level(logging.INFO)
     outcome = agent.check_once()
     assert outcome.state == "rolled-back" and outcome.version_number == vn, outcome

@@ -17,6 +17,7 @@ import requests
 
 from ota_build.core.config import load_config
 from ota_build.device.agent import Agent
+from ota_build.core.bootenv import parse_env_text
 from ota_build.device.bootsim import boot
 from ota_build.device.config import load_agent_config
 from ota_build.device.localapi import LocalApi
@@ -65,7 +66,7 @@ def reboot(conf: Path) -> str:
     saved environment; the kernel command line names the slot; a new boot id. Returns the slot."""
     root = conf.parent
     env_file = root / "bootenv"
-    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    env = parse_env_text(env_file.read_bytes())
     slot, saved, _ = boot(env, ["a", "b"])
     if saved != env:
         env_file.write_text("".join(f"{k}={v}\n" for k, v in saved.items()))
@@ -76,8 +77,7 @@ def reboot(conf: Path) -> str:
 
 def bootenv(conf: Path) -> Dict[str, str]:
     """The simulated device's boot environment file as a dict."""
-    text = (conf.parent / "bootenv").read_text()
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return parse_env_text((conf.parent / "bootenv").read_bytes())
 
 
 def load_config_for_record(tmp: Path):
@@ -386,6 +386,17 @@ def test_agent_config_command_for_images(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["installer"]["type"] == "archive" and doc["bootLimit"] == 5
     assert doc["healthCheck"] == ["/usr/bin/check-app", "--quick"]
+    assert doc["installer"]["bootEnv"]["tool"] == "fw_setenv"
+    # The boot script's file mode (OTA_BOOT_ENV_STORAGE = "file"): the agent keeps the state in the same file.
+    run_cli("ota-build", "agent-config", "--server", "https://ota.example.com", "--device-type", "dt-1",
+            "--public-key", "/k.pem", "--slot", "a=/dev/mmcblk0p2", "--slot", "b=/dev/mmcblk0p3",
+            "--boot-variable", "bootpart", "--boot-value", "a=0:2", "--boot-value", "b=0:3",
+            "--boot-env-file", "/uboot/ota-env.txt", "-o", str(out), check=0)
+    assert json.loads(out.read_text())["installer"]["bootEnv"] == {
+        "tool": "file", "file": "/uboot/ota-env.txt", "variable": "bootpart", "values": {"a": "0:2", "b": "0:3"}}
+    proc = run_cli("ota-build", "agent-config", "--server", "http://x", "--device-type", "dt", "--public-key", "/k.pem",
+                   "--slot", "a=/dev/sda2", "--slot", "b=/dev/sda3", "--boot-env-file", "ota-env.txt", "-o", str(out))
+    assert proc.returncode == 2 and "boot env file: 'ota-env.txt' must be an absolute path" in proc.stderr
     proc = run_cli("ota-build", "agent-config", "--server", "ftp://x", "--device-type", "dt", "--public-key", "/k.pem",
                    "--command", "x", "-o", str(out))
     assert proc.returncode == 2 and "field 'server'" in proc.stderr

@@ -435,7 +435,7 @@ def test_boot_script_recipe_deploys_the_generated_script(build):
     the package's /etc/fw_env.config has the environment's line; without slots it is skipped."""
     if build.release != BOOT_RELEASE:
         pytest.skip(f"ota-boot is built on {BOOT_RELEASE} only")
-    from ota_build.device.bootscript import boot_script_settings, render_boot_script
+    from ota_build.partner.bootscript import boot_script_settings, render_boot_script
 
     run = build.bitbake("bitbake ota-boot")
     assert run.returncode != 0 and "OTA_AGENT_SLOTS must name two slots" in run.output, run.output[-3000:]

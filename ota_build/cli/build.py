@@ -130,7 +130,7 @@ def cmd_agent_config(args: argparse.Namespace) -> int:
                              command=args.command.split() if args.command else None, poll_interval=args.poll_interval,
                              local_port=args.local_port, description=args.description, boot_limit=args.boot_limit,
                              health_check=shlex.split(args.health_check) if args.health_check else None,
-                             payload_fstype=args.payload_fstype)
+                             payload_fstype=args.payload_fstype, boot_env_file=args.boot_env_file)
     atomic_write_text(args.output, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     print(args.output)
     return 0
@@ -138,7 +138,7 @@ def cmd_agent_config(args: argparse.Namespace) -> int:
 
 def cmd_boot_script(args: argparse.Namespace) -> int:
     from ota_build.core.files import atomic_write_text
-    from ota_build.device.bootscript import boot_script_settings, render_boot_script
+    from ota_build.partner.bootscript import boot_script_settings, render_boot_script
     from ota_build.device.config import parse_pairs
 
     settings = boot_script_settings(parse_pairs(args.slot or [], "slot"), boot_variable=args.boot_variable,
@@ -276,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(fresh filesystem, unpack), anything else the raw-image A/B installer")
     p.add_argument("--boot-limit", type=int, default=3,
                    help="boot attempts of a new slot before the boot script falls back (1-9, default: 3)")
+    p.add_argument("--boot-env-file", default="", metavar="PATH",
+                   help="with slots: keep the boot state in this KEY=value file on the device, the boot script's "
+                        "file mode (e.g. /uboot/ota-env.txt), instead of U-Boot's environment via fw_setenv "
+                        "(default: fw_setenv)")
     p.add_argument("--health-check", default="",
                    help="command run after the first boot of a new slot; exit 0 commits it (default: the agent "
                         "reached the server)")
@@ -285,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="ota-agent.json", help="output file (default: ota-agent.json)")
     p.set_defaults(func=cmd_agent_config)
 
-    from ota_build.device import bootscript as bs
+    from ota_build.partner import bootscript as bs
 
     p = sub.add_parser("boot-script", help="write the A/B U-Boot boot script (boot.cmd)",
                        description="Write the U-Boot script that boots the first slot of BOOT_ORDER, counts the "

@@ -244,11 +244,14 @@ class Demo:
     @staticmethod
     def boot_env(root: str) -> Dict[str, str]:
         """The simulated device's boot environment (a KEY=value file standing in for U-Boot's)."""
-        with open(os.path.join(root, "uboot-env.txt"), encoding="utf-8") as fh:
-            return dict(line.rstrip("\n").split("=", 1) for line in fh if "=" in line)
+        from ota_build.core.bootenv import parse_env_text
+
+        with open(os.path.join(root, "uboot-env.txt"), "rb") as fh:
+            return parse_env_text(fh.read())
 
     def reboot(self, root: str) -> str:
         """A simulated power cycle: bootsim (the boot script's rules) picks the slot and updates the environment."""
+        from ota_build.core.bootenv import UPGRADE_AVAILABLE, left_variable
         from ota_build.device.bootsim import boot
 
         env = self.boot_env(root)
@@ -257,9 +260,10 @@ class Demo:
             atomic_write_text(os.path.join(root, "uboot-env.txt"), "".join(f"{k}={v}\n" for k, v in saved.items()))
         atomic_write_text(os.path.join(root, "cmdline"), f"console=ttyS0,115200 {volatile['bootargs']}\n")
         atomic_write_text(os.path.join(root, "boot_id"), os.urandom(16).hex() + "\n")
-        tries = f", BOOT_{slot}_LEFT={saved.get(f'BOOT_{slot}_LEFT')}" if saved.get("upgrade_available") == "1" else ""
+        left = left_variable(slot)
+        tries = f", {left}={saved.get(left)}" if saved.get(UPGRADE_AVAILABLE) == "1" else ""
         back = " (the boot script fell back: the new slot used up its attempts)" if \
-            env.get("upgrade_available") == "1" and saved.get("upgrade_available") == "0" else ""
+            env.get(UPGRADE_AVAILABLE) == "1" and saved.get(UPGRADE_AVAILABLE) == "0" else ""
         self.step(f"simulated reboot (the boot script's rules, ota_build.device.bootsim): boots slot {slot}{tries}{back}")
         return slot
 

@@ -32,6 +32,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import IO, Any, Dict, Iterable, Optional, Set, Tuple, cast
 
+from ota_build.core import bootenv
 from ota_build.core.errors import CorruptError, OtaError, ServerError, VerifyError
 from ota_build.core.files import atomic_write_bytes, atomic_write_text, file_sha256
 from ota_build.core import header as hdr
@@ -622,7 +623,7 @@ class Agent:
             log.error("rolled back: %s", message)
             return self._finish(Outcome("rolled-back", version_number, message, 1))
         env = installer.boot_env.read_all()
-        if env.get("upgrade_available") == "1":
+        if env.get(bootenv.UPGRADE_AVAILABLE) == "1":
             self.api.report("committing", version_number)
             healthy, why = self._health_check(version_number)
             if not healthy:

@@ -25,6 +25,7 @@ import tarfile
 import zlib
 from typing import IO, Any, Callable, List, Mapping, Optional
 
+from ota_build.core import bootenv
 from ota_build.device.installers import ABInstaller, BootEnv, CommandInstaller, InstallError, SlotInstaller
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class ArchiveInstaller(SlotInstaller):
     """
 
     def __init__(self, slots: Mapping[str, str], boot_env: BootEnv, cmdline: str = "/proc/cmdline",
-                 boot_limit: int = 3, spec: Optional[Mapping[str, Any]] = None):
+                 boot_limit: int = bootenv.DEFAULT_BOOTLIMIT, spec: Optional[Mapping[str, Any]] = None):
         super().__init__(slots, boot_env, cmdline, boot_limit)
         spec = spec or {}
         self.mkfs = list(spec.get("mkfs", DEFAULT_MKFS))
@@ -178,7 +179,7 @@ class ArchiveInstaller(SlotInstaller):
         return reader.sha.digest(), reader.count
 
 
-def make_installer(spec: Mapping[str, Any], cmdline: str = "/proc/cmdline", boot_limit: int = 3):
+def make_installer(spec: Mapping[str, Any], cmdline: str = "/proc/cmdline", boot_limit: int = bootenv.DEFAULT_BOOTLIMIT):
     """Build the installer the agent config's ``installer`` object describes (``ab``, ``archive``, ``command``)."""
     if spec["type"] == "command":
         return CommandInstaller(spec["command"])

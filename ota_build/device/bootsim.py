@@ -1,46 +1,63 @@
-"""A model of the layer's U-Boot boot script (the A/B boot contract, docs/agent.md), as a pure function.
+"""A model of the layer's U-Boot boot script (the A/B boot contract, docs/boot.md), as a pure function.
 
 ``boot(env, slots)`` is what one power-on does to the saved environment: it picks the slot to boot and
 returns the environment as the script leaves it in storage. The agent tests and ``ota-build demo`` use
-it to simulate reboots; the boot script itself is checked against the same rules in real U-Boot (QEMU).
+it to simulate reboots; tests/test_boot_uboot.py runs the real script in U-Boot (QEMU) on the same
+environments and checks that both choose the same slot and save the same variables. The names come
+from ``ota_build.core.bootenv``, like the agent's and the script generator's.
 
-Numbers follow U-Boot: ``setexpr`` reads and writes hexadecimal (so the model does too); the agent
-writes attempt counts of one digit (``bootLimit`` 1..9), where decimal and hexadecimal agree.
+Numbers follow U-Boot: ``test -gt`` reads the leading decimal number of a counter, ``setexpr`` the
+leading hexadecimal one and writes hexadecimal (junk or unset reads as 0); the agent writes attempt
+counts of one digit (``bootLimit`` 1..9), where the two agree.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+from ota_build.core.bootenv import BOOT_ORDER, BOOTCOUNT, SLOT_PARAMETER, UPGRADE_AVAILABLE, boot_order, left_variable
+
+_DECIMAL = re.compile(r"-?[0-9]+")
+_HEX = re.compile(r"(0[xX])?([0-9a-fA-F]+)")
+
+
+def _decimal(value: Optional[str]) -> int:
+    """``test -gt``'s reading of a number (U-Boot's ``simple_strtol(.., 10)``: the leading number, else 0)."""
+    found = _DECIMAL.match(value or "")
+    return int(found.group()) if found else 0
 
 
 def _hex(value: Optional[str]) -> int:
-    """U-Boot's reading of a number in ``setexpr`` (hexadecimal; unset or junk is 0)."""
-    try:
-        return int((value or "0").strip(), 16)
-    except ValueError:
-        return 0
+    """``setexpr``'s reading of a number (hexadecimal, the leading digits; unset or junk is 0)."""
+    found = _HEX.match(value or "")
+    return int(found.group(2), 16) if found else 0
 
 
 def boot(env: Mapping[str, str], slots: Sequence[str], variable: str = "ota_slot",
          values: Optional[Mapping[str, str]] = None) -> Tuple[str, Dict[str, str], Dict[str, str]]:
     """One boot: ``(slot booted, environment saved afterwards, variables set for this boot only)``.
 
-    The last item holds ``variable`` (the slot's value, e.g. ``bootpart=0:3``) and ``bootargs`` ending in
-    ``ota.slot=<slot>``; the script does not save them. A committed system saves nothing (the returned
-    environment equals ``env``).
+    While the slot is uncommitted the script saves the state, including ``variable`` (the slot's value,
+    e.g. ``bootpart=0:3``) and ``BOOT_ORDER``; the last item holds ``variable`` and ``bootargs`` ending in
+    ``ota.slot=<slot>``. A committed system saves nothing (the returned environment equals ``env``).
     """
     saved = dict(env)
-    order = saved.get("BOOT_ORDER", "").split() or list(slots)
-    slot = order[0]
-    if saved.get("upgrade_available") == "1":
-        left_name = f"BOOT_{slot}_LEFT"
-        left = _hex(saved.get(left_name))
-        if left > 0:
-            saved[left_name] = format(left - 1, "x")
-            saved["bootcount"] = format(_hex(saved.get("bootcount")) + 1, "x")
+    order = boot_order(saved, slots)
+    known = [s for s in order if s in slots]
+    slot = known[0] if known else slots[0]
+    if saved.get(UPGRADE_AVAILABLE) == "1":
+        left_name = left_variable(slot)
+        if _decimal(saved.get(left_name)) > 0:
+            saved[left_name] = format(_hex(saved.get(left_name)) - 1, "x")
+            saved[BOOTCOUNT] = format(_hex(saved.get(BOOTCOUNT)) + 1, "x")
         else:  # the new slot used up its attempts: back to the previous one
-            order = order[1:] + order[:1]
-            saved.update(BOOT_ORDER=" ".join(order), upgrade_available="0", bootcount="0")
-            slot = order[0]
-    bootargs = (saved.get("bootargs", "") + f" ota.slot={slot}").strip()
+            order = [s for s in order if s != slot] + [slot]
+            saved.update({BOOT_ORDER: " ".join(order), UPGRADE_AVAILABLE: "0", BOOTCOUNT: "0"})
+            known = [s for s in order if s in slots]
+            slot = known[0] if known else slots[0]
+        if not saved.get(BOOT_ORDER):  # the script sets the configured order first, and saves it now
+            saved[BOOT_ORDER] = " ".join(order)
+        saved[variable] = (values or {}).get(slot, slot)
+    bootargs = (saved.get("bootargs", "") + f" {SLOT_PARAMETER}={slot}").strip()
     return slot, saved, {variable: (values or {}).get(slot, slot), "bootargs": bootargs}

@@ -16,6 +16,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from ota_build.core import bootenv
 from ota_build.core.errors import ConfigError
 from ota_build.core.schema import load_schema, load_validated, validate
 
@@ -25,7 +26,7 @@ DEFAULT_RECORD = "/etc/full_ota_record.json"
 DEFAULT_STATE_DIR = "/var/lib/ota-agent"
 DEFAULT_CMDLINE = "/proc/cmdline"
 DEFAULT_BOOT_ID = "/proc/sys/kernel/random/boot_id"
-DEFAULT_BOOT_LIMIT = 3
+DEFAULT_BOOT_LIMIT = bootenv.DEFAULT_BOOTLIMIT
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class AgentConfig:
     verify_backend: str = "auto"
     download_origins: List[str] = field(default_factory=list)
     health_check: List[str] = field(default_factory=list)
-    boot_limit: int = 3
+    boot_limit: int = DEFAULT_BOOT_LIMIT
     cmdline: str = DEFAULT_CMDLINE
     boot_id_file: str = DEFAULT_BOOT_ID
 
@@ -154,13 +155,16 @@ def build_agent_config(server: str, device_type: str, public_keys: List[str], ot
                        record: str = DEFAULT_RECORD, state_dir: str = DEFAULT_STATE_DIR,
                        device_file: str = "/etc/ota/device-id",
                        device_token_file: str = "/etc/ota/device-token", boot_limit: int = DEFAULT_BOOT_LIMIT,
-                       health_check: Optional[List[str]] = None, payload_fstype: str = "") -> Dict[str, Any]:
+                       health_check: Optional[List[str]] = None, payload_fstype: str = "",
+                       boot_env_file: str = "") -> Dict[str, Any]:
     """An agent configuration for an image (the ota-agent recipe's /etc/ota-agent.json).
 
     Two or more ``slots`` (``a=/dev/mmcblk0p2``) select the A/B installer with
     U-Boot's environment (``boot_values`` map slots to the variable's values):
     the archive installer when ``payload_fstype`` is ``tar.gz``, else the raw one;
-    otherwise the command installer runs ``command``. Per-device values are
+    otherwise the command installer runs ``command``. ``boot_env_file`` (the boot
+    script's file mode, e.g. ``/uboot/ota-env.txt``) makes the agent keep the boot
+    state in that KEY=value file instead of ``fw_setenv``. Per-device values are
     read on the device from ``device_file`` and ``device_token_file``.
     Raises ConfigError naming the problem; the result validates against the schema.
     """
@@ -172,6 +176,10 @@ def build_agent_config(server: str, device_type: str, public_keys: List[str], ot
         installer = {"type": "archive" if payload_fstype == "tar.gz" else "ab", "slots": slot_map,
                      "bootEnv": {"tool": "fw_setenv", "variable": boot_variable,
                                  "values": parse_pairs(boot_values or [], "boot value")}}
+        if boot_env_file:
+            if not os.path.isabs(boot_env_file):
+                raise ConfigError(f"boot env file: {boot_env_file!r} must be an absolute path on the device")
+            installer["bootEnv"].update(tool="file", file=boot_env_file)
     else:
         if not command:
             raise ConfigError("command: the command installer needs a command (e.g. /sbin/sysupgrade {image})")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import shlex
 import stat
 import subprocess
@@ -24,13 +23,14 @@ import tempfile
 from dataclasses import dataclass
 from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from ota_build.core import bootenv
 from ota_build.core.errors import OtaError
-from ota_build.core.files import atomic_write_text, sha256_of
+from ota_build.core.files import atomic_write_bytes, sha256_of
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-SLOT_NAME = re.compile(r"[A-Za-z0-9]+")
+SLOT_NAME = bootenv.SLOT_RE
 
 
 class InstallError(OtaError):
@@ -77,8 +77,9 @@ class BootEnv:
     file (``uEnv.txt`` style, or what U-Boot's ``env export -t`` writes).
 
     Besides the legacy boot variable (``variable`` = the value of a slot), the A/B boot contract's variables
-    (docs/agent.md): ``BOOT_ORDER``, ``BOOT_<slot>_LEFT``, ``upgrade_available``, ``bootcount``. Every change is
-    ONE write: the file rewritten atomically and durably (other lines kept), or one ``fw_setenv -s`` script.
+    (``ota_build.core.bootenv``, shared with the boot script's generator): ``BOOT_ORDER``, ``BOOT_<slot>_LEFT``,
+    ``upgrade_available``, ``bootcount``. Every change is ONE write: the file rewritten atomically and durably
+    (other lines kept, in the format U-Boot's ``env import -t`` reads), or one ``fw_setenv -s`` script.
     """
 
     def __init__(self, spec: Mapping[str, Any]):
@@ -107,8 +108,8 @@ class BootEnv:
         """The whole environment (or file) as a dict."""
         if self.tool == "file":
             try:
-                with open(self.file, encoding="utf-8") as fh:
-                    text = fh.read()
+                with open(self.file, "rb") as fh:
+                    return bootenv.parse_env_text(fh.read())  # also what U-Boot's env export -t wrote (NUL)
             except FileNotFoundError:
                 return {}
         else:
@@ -119,13 +120,7 @@ class BootEnv:
                 raise InstallError(f"{self.fw_printenv} not found (install libubootenv-bin / u-boot-fw-utils)") from None
             if out.returncode != 0:
                 raise InstallError(f"{self.fw_printenv} failed: {out.stderr.strip() or out.returncode}")
-            text = out.stdout
-        env: Dict[str, str] = {}
-        for line in text.splitlines():
-            key, sep, value = line.partition("=")
-            if sep and key.strip() and not key.lstrip().startswith("#"):
-                env[key.strip()] = value.strip()
-        return env
+            return bootenv.parse_env_text(out.stdout.encode("utf-8"))
 
     def read(self) -> Optional[str]:
         """The slot the boot variable selects, or None when unset."""
@@ -134,20 +129,16 @@ class BootEnv:
     def update(self, values: Mapping[str, str]) -> None:
         """Set ``values`` in one write (durable); InstallError when that fails."""
         if self.tool == "file":
-            lines: List[str] = []
-            if os.path.exists(self.file):
-                with open(self.file, encoding="utf-8") as fh:
-                    lines = [ln.rstrip("\n") for ln in fh]
-            todo = dict(values)
-            out = []
-            for line in lines:
-                key = line.partition("=")[0].strip()
-                if key in todo:
-                    out.append(f"{key}={todo.pop(key)}")
-                else:
-                    out.append(line)
-            out += [f"{k}={v}" for k, v in todo.items()]
-            atomic_write_text(self.file, "\n".join(out) + "\n", durable=True)
+            try:
+                with open(self.file, "rb") as fh:
+                    old = fh.read()
+            except FileNotFoundError:
+                old = b""
+            try:
+                new = bootenv.update_env_text(old, values)
+            except ValueError as exc:
+                raise InstallError(f"{self.file}: {exc}") from None
+            atomic_write_bytes(self.file, new, durable=True)
             return
         with tempfile.NamedTemporaryFile("w", prefix="ota-env-", suffix=".txt", encoding="utf-8") as script:
             script.write("".join(f"{k}{self.script_separator}{v}\n" for k, v in values.items()))
@@ -171,30 +162,25 @@ class BootEnv:
 
     def boot_order(self, configured: Sequence[str], env: Optional[Mapping[str, str]] = None) -> List[str]:
         """``BOOT_ORDER`` as a list (the configured slot order when unset)."""
-        env = self.read_all() if env is None else env
-        return env.get("BOOT_ORDER", "").split() or list(configured)
+        return bootenv.boot_order(self.read_all() if env is None else env, configured)
 
     def switch(self, slot: str, configured: Sequence[str], boot_limit: int) -> None:
         """The contract's switch: ``slot`` first in BOOT_ORDER with ``boot_limit`` attempts, uncommitted."""
-        order = [slot] + [s for s in self.boot_order(configured) if s != slot]
-        order += [s for s in configured if s not in order]
-        self.update({"BOOT_ORDER": " ".join(order), f"BOOT_{slot}_LEFT": str(boot_limit), "upgrade_available": "1",
-                     "bootcount": "0", self.variable: self.value_of(slot)})
+        values = bootenv.switch_values(slot, self.read_all(), configured, boot_limit)
+        self.update({**values, self.variable: self.value_of(slot)})
 
     def commit(self, slot: str, boot_limit: int) -> None:
         """The contract's commit of the running ``slot``."""
-        self.update({"upgrade_available": "0", "bootcount": "0", f"BOOT_{slot}_LEFT": str(boot_limit)})
+        self.update(bootenv.commit_values(slot, boot_limit))
 
 
 def read_cmdline_slot(path: str) -> Optional[str]:
     """The slot named by ``ota.slot=<name>`` on the kernel command line at ``path``, else None."""
     try:
         with open(path, encoding="utf-8") as fh:
-            words = fh.read().split()
+            return bootenv.cmdline_slot(fh.read())
     except OSError:
         return None
-    found = [w.partition("=")[2] for w in words if w.startswith("ota.slot=")]
-    return found[-1] if found and SLOT_NAME.fullmatch(found[-1]) else None
 
 
 class SlotInstaller:
@@ -203,7 +189,7 @@ class SlotInstaller:
     resumable = False
 
     def __init__(self, slots: Mapping[str, str], boot_env: BootEnv, cmdline: str = "/proc/cmdline",
-                 boot_limit: int = 3):
+                 boot_limit: int = bootenv.DEFAULT_BOOTLIMIT):
         if len(slots) < 2:
             raise InstallError("the A/B installer needs at least two slots")
         bad = [name for name in slots if not SLOT_NAME.fullmatch(name)]

@@ -55,7 +55,7 @@ do_compile[dirs] = "${B}"
 do_compile[cleandirs] = "${B}"
 do_compile[vardeps] += "OTA_AGENT_SLOTS OTA_AGENT_BOOT_VARIABLE OTA_AGENT_BOOT_VALUES OTA_BOOT_ENV_STORAGE OTA_BOOT_DEVTYPE \
                         OTA_BOOT_ENV_FILE OTA_BOOT_ENV_DEVICE OTA_BOOT_ENV_ADDR OTA_BOOT_ARGS OTA_BOOT_COMMANDS \
-                        OTA_BOOT_ON_FAILURE OTA_BOOT_FW_ENV_CONFIG UBOOT_ARCH"
+                        OTA_BOOT_ON_FAILURE OTA_BOOT_FW_ENV_CONFIG OTA_BOOT_MOUNT UBOOT_ARCH"
 do_compile[vardepsexclude] += "${OTA_PATH_VARS} ${OTA_SECRET_ENV_VARS} BB_ORIGENV"
 
 do_install() {

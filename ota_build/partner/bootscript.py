@@ -11,35 +11,26 @@ Slot names, devices and boot values come only from the layer's ``OTA_AGENT_SLOTS
 ``OTA_AGENT_BOOT_VARIABLE`` and ``OTA_AGENT_BOOT_VALUES`` (the agent's configuration
 holds the same): the script is generated from them, here, by the same code for the
 layer's ``ota-boot`` recipe (``ota-build boot-script``) and for the tests that boot it
-in a real U-Boot. Standard library only (it runs in BitBake's native Python).
+in a real U-Boot. Standard library only (it runs in BitBake's native Python). Build-side code:
+the device never runs it. The contract's names and the env-file format come from
+``ota_build.core.bootenv``, which the agent uses too.
 
 Two ways to keep the state: ``saveenv`` (U-Boot's own environment storage; Linux
 side ``fw_setenv``/``fw_printenv`` with ``/etc/fw_env.config``) or ``file``: a text
 file on the FAT boot partition, read with ``env import -t`` and written with
-``env export -t`` + ``fatwrite`` (``KEY=value`` per line; U-Boot ends what it writes
-with a NUL byte). The agent's key=value-file back-end reads and writes the same file.
+``env export -t`` + ``fatwrite`` (the format: ``ota_build.core.bootenv``). The agent's
+key=value-file back-end reads and writes the same file.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional
 
+from ota_build.core.bootenv import SLOT_PARAMETER, SLOT_RE, VARIABLE_RE, left_variable, state_variables
 from ota_build.core.errors import UsageError
 
-#: the boot-state variables of the contract (U-Boot environment or the env file)
-BOOT_ORDER = "BOOT_ORDER"
-UPGRADE_AVAILABLE = "upgrade_available"
-BOOTCOUNT = "bootcount"
-BOOTLIMIT = "bootlimit"
-#: attempts a new slot gets when ``bootlimit`` is not set; at most 9 (see MAX_BOOTLIMIT)
-DEFAULT_BOOTLIMIT = 3
-#: U-Boot's ``setexpr`` computes in hexadecimal and ``test -gt`` reads decimal: the counters
-#: stay single digits, where the two agree
-MAX_BOOTLIMIT = 9
-#: the kernel command-line parameter that names the running slot
-SLOT_PARAMETER = "ota.slot"
 STORAGE_MODES = ("saveenv", "file")
 DEFAULT_ENV_FILE = "ota-env.txt"
 #: the FAT boot partition of the running script (U-Boot's distro boot sets these)
@@ -49,21 +40,9 @@ DEFAULT_ENV_ADDR = "${kernel_addr_r}"
 DEFAULT_BOOTARGS = "root=${ota_boot_root} rootwait"
 DEFAULT_ON_FAILURE = "reset"
 
-SLOT_RE = re.compile(r"[A-Za-z0-9]+")
-VARIABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: a device path or a boot value: no blanks, quotes, ``;``, ``$`` or anything hush would read
 WORD_RE = re.compile(r"[A-Za-z0-9_./:+=,@-]+")
 ENV_FILE_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
-
-
-def left_variable(slot: str) -> str:
-    """The name of the attempts-left counter of ``slot`` (``BOOT_<slot>_LEFT``)."""
-    return f"BOOT_{slot}_LEFT"
-
-
-def state_variables(slots: Sequence[str]) -> List[str]:
-    """Every boot-state variable for ``slots``, in the order the script exports them."""
-    return [BOOT_ORDER] + [left_variable(s) for s in slots] + [UPGRADE_AVAILABLE, BOOTCOUNT, BOOTLIMIT]
 
 
 @dataclass(frozen=True)
@@ -214,14 +193,3 @@ def render_boot_script(s: BootScript) -> str:
     if s.on_failure:
         lines.append(s.on_failure)
     return "\n".join(lines) + "\n"
-
-
-def parse_env_text(data: bytes) -> Dict[str, str]:
-    """The variables of a U-Boot text environment (``env export -t``: ``KEY=value`` lines,
-    ended by a NUL byte; ``#`` lines are comments)."""
-    out: Dict[str, str] = {}
-    for line in data.split(b"\0", 1)[0].decode("utf-8", "replace").splitlines():
-        if line.strip() and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            out[key] = value
-    return out
