@@ -158,7 +158,7 @@ def test_readme_documents_every_setting():
     assert len(settings) > 10
     for name in settings:
         assert f"`{name}`" in readme, f"README does not document {name}"
-    assert "OTA_POKY_DIR" in readme
+    assert "OTA_POKY_RELEASES" in readme
 
 
 def bitbake_datastore(bb, tree: Path, metadata: Path, **values):
