@@ -125,3 +125,29 @@ def test_layers_and_machine_exist_in_the_release_tree(path: Path):
     assert any((layer / "conf" / "machine" / f"{machine}.conf").is_file() for layer in found), machine
     if release == "wrynose":
         assert (tree / "bitbake" / "bin" / "bitbake").is_file()
+
+
+def kas_build_module():
+    import importlib.machinery
+    import importlib.util
+    loader = importlib.machinery.SourceFileLoader("kas_build", str(ROOT / "ci" / "kas-build"))
+    spec = importlib.util.spec_from_loader("kas_build", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_kas_build_hands_the_secrets_to_the_shell_on_stdin():
+    """ci/kas-build's export lines, read by a real sh as kas shell's -c command reads them, give back
+    each secret byte for byte (quotes, $, newlines), and only the secrets that are set."""
+    import subprocess
+    module = kas_build_module()
+    secrets = {"OTA_KEY_PASSWORD": "p'w $HOME \"x\" `id` \\ end\nline2", "OTA_USERNAME": "ci@example.com", "OTA_USERPW": ""}
+    text = module.exports({**secrets, "OTHER": "not a secret"})
+    assert "OTHER" not in text and "OTA_USERPW" not in text and "OTA_AUTH_STRING" not in text
+    for name in ("OTA_KEY_PASSWORD", "OTA_USERNAME"):
+        out = subprocess.run(["sh", "-c", f'eval "$(cat)" && printf %s "${name}"'], input=text, capture_output=True,
+                             text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout
+        assert out == secrets[name]
+    assert module.main([]) == 2
