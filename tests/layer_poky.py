@@ -9,6 +9,7 @@ The configurations (a full parse each, 2-4 min on 2 cores):
               to the template's bblayers.conf), no INHERIT; local.conf sets BB_SIGNATURE_HANDLER
               to the OEBasicHash yocto-check-layer forces, so its own parses with the layer
               (test_parse, test_world, test_signatures) find this cache instead of re-parsing
+              (parsed with -S none, so the cache holds what its bitbake -S needs)
     inherit   plain + ``INHERIT += "ota"`` (``-R inherit.conf``): -p, -e, -g, parse-time errors
     extras    inherit + OTA_UPLOAD = "1" + OTA_AGENT = "1" (one parse for both graphs)
     yocto-check-layer's own: without the layer, and with INHERIT = "yocto-check-layer"
@@ -183,8 +184,11 @@ class PokyChecks:
         finish(oe)
 
     def test_parse_without_inherit_has_no_warning(self, oe):
-        """The layer added alone: a cold parse of every recipe, no error, no warning."""
-        assert_parsed_cleanly(oe.bitbake("bitbake -p", "parse (layer)"))
+        """The layer added alone: a cold parse of every recipe, no error, no warning.
+        ``-S none`` (with -p: parse only) makes BitBake (scarthgap on) also write the signature
+        cache (bb_cache_SiggenRecipeInfo.dat) that yocto-check-layer's ``bitbake -S`` needs: without
+        it that command finds the cache incomplete and parses everything again."""
+        assert_parsed_cleanly(oe.bitbake("bitbake -S none -p", "parse (layer)"))
 
     def test_parse_with_inherit_has_no_warning(self, oe):
         assert_parsed_cleanly(oe.bitbake(f"bitbake -R {oe.conf}/inherit.conf -p", "parse (INHERIT)"))
