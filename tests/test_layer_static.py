@@ -1,7 +1,7 @@
 """meta-ota, checked without BitBake: layer.conf, lint, and the rules the classes keep.
 
 The datastore and checksum checks below use BitBake's own code (lib/bb from a release tree,
-tests/yocto.py); real builds are in test_layer_bitbake.py and test_layer_poky.py.
+tests/yocto.py); real builds are in test_layer_bitbake.py and test_layer_poky_<release>.py.
 """
 
 from __future__ import annotations
