@@ -1,7 +1,7 @@
 """meta-ota, checked without BitBake: layer.conf, lint, and the rules the classes keep.
 
 The datastore and checksum checks below use BitBake's own code (lib/bb from a release tree,
-tests/yocto.py); real builds are in test_layer_bitbake.py and test_layer_poky.py.
+tests/yocto.py); real builds are in test_layer_bitbake.py and test_layer_poky_<release>.py.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def test_readme_documents_every_setting():
     assert len(settings) > 10
     for name in settings:
         assert f"`{name}`" in readme, f"README does not document {name}"
-    assert "OTA_POKY_DIR" in readme
+    assert "OTA_POKY_RELEASES" in readme
 
 
 def bitbake_datastore(bb, tree: Path, metadata: Path, **values):

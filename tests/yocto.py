@@ -8,6 +8,7 @@ root: as root, BitBake runs as OTA_BITBAKE_USER (default "otabuild", created by 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import shlex
@@ -70,8 +71,13 @@ def release_tree(release: str, owner: Optional[str] = None) -> Path:
         env["OWNER"] = owner
     else:
         env.pop("OWNER", None)
-    proc = subprocess.run(["sh", str(checkout), release, str(base / release)], capture_output=True, text=True,
-                          env=env, check=False, timeout=900)
+    base.mkdir(parents=True, exist_ok=True)
+    # One unpacking at a time: the pytest-xdist workers (test_layer_bitbake, test_layer_poky_<release>,
+    # test_kas) ask for the same tree, and the script removes a half-unpacked tree before unpacking.
+    with open(base / f".{release}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.run(["sh", str(checkout), release, str(base / release)], capture_output=True, text=True,
+                              env=env, check=False, timeout=900)
     if proc.returncode != 0:
         pytest.skip(f"cannot unpack the {release} tree: {proc.stderr.strip()}")
     return Path(proc.stdout.strip().splitlines()[-1])
