@@ -198,6 +198,7 @@ def ota_settings_problem(d):
     parser imports nothing of ota_build; a Python that cannot run it leaves the check to
     the first OTA task, which reports the same line."""
     import os
+    import shutil
     import subprocess
     import sys
     for var in ("OTA_DEBUG", "OTA_UPLOAD", "OTA_AGENT"):
@@ -223,8 +224,14 @@ def ota_settings_problem(d):
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from ota_build.core.bbenv import layer_settings_problem; "
             "print(layer_settings_problem(*sys.argv[2:]) or '')")
     args = [d.getVar("OTA_SOURCE_DIR"), config, d.getVar("OTA_BUILD_NUMBER"), d.getVar("OTA_VERSION_NUMBER"), ota_type]
+    # The parser's interpreter: sys.executable is not always a Python (kirkstone's server names
+    # bitbake-server there, which refuses to run the check), /proc/self/exe is the running binary.
+    python = next((p for p in (sys.executable, os.path.realpath("/proc/self/exe"), shutil.which("python3") or "")
+                   if os.path.basename(p).startswith("python") and os.access(p, os.X_OK)), None)
+    if not python:
+        return None
     try:
-        proc = subprocess.run([sys.executable, "-I", "-B", "-c", code] + args, stdout=subprocess.PIPE,
+        proc = subprocess.run([python, "-I", "-B", "-c", code] + args, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, universal_newlines=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
