@@ -6,8 +6,10 @@ holds only our packages, made by Debian's dpkg/apt under Debian's pseudo (see th
 conf/ota-test-build.conf). About a minute per release on 2 cores once the tree is unpacked.
 
     OTA_BITBAKE_RELEASES   releases to build (default "kirkstone scarthgap wrynose"; "" skips all)
-    OTA_BITBAKE_BUILD_DIR  parent of the build directories (default /tmp/ota-bitbake-<user>);
-                           kept between runs, so a second run is incremental
+    OTA_BITBAKE_BUILD_DIR  parent of the build directories (default /tmp/ota-bitbake-<user>)
+    OTA_BITBAKE_KEEP       "1": reuse the build directory of an earlier run (incremental) and keep
+                           it; by default each run starts from an empty one and removes it
+                           (a CI machine that keeps /tmp must not test against an older layer's state)
     OTA_YOCTO_SHARED, OTA_YOCTO_TREES, OTA_BITBAKE_USER: see tests/yocto.py
 """
 
@@ -166,6 +168,9 @@ def build(request, tmp_path_factory) -> Build:
     base = Path(os.environ.get("OTA_BITBAKE_BUILD_DIR") or f"/tmp/ota-bitbake-{user or os.getuid()}")
     tag = hashlib.sha1(str(ROOT).encode()).hexdigest()[:8]
     build_dir = base / f"{release}-{tag}"
+    keep = os.environ.get("OTA_BITBAKE_KEEP") == "1"
+    if not keep:
+        shutil.rmtree(build_dir, ignore_errors=True)
     (build_dir / "conf").mkdir(parents=True, exist_ok=True)
     (build_dir / "keys").mkdir(exist_ok=True)
     b = Build(release, tree, build_dir, user, build_dir / "keys" / "release.key.pem", build_dir / "keys" / "ota-conf.json")
@@ -188,6 +193,8 @@ def build(request, tmp_path_factory) -> Build:
     assert not problems(run), problems(run)
     yield b
     print(f"\n{release}: " + ", ".join(f"{k} {v:.0f} s" for k, v in b.timings.items()))
+    if not keep:
+        shutil.rmtree(build_dir, ignore_errors=True)
 
 
 def check_release(b: Build, public_pem: bytes):
@@ -361,6 +368,33 @@ def test_build_number_from_the_environment_and_debug_reach_record_and_header(bui
     build.build("build number and debug off")
     _, record = check_release(build, build.key.with_suffix(".pub").read_bytes())
     assert record["version"] == f"{config['version']}.0"
+
+
+def test_upgrade_from_a_build_directory_of_the_layer_before_the_image_type(build):
+    """Before the image type, do_ota_package deployed the same names under its own sstate manifest;
+    in such a build directory image.bbclass refused to install them ("trying to install files into
+    a shared area": what a reused CI machine showed). The class removes that task's files and
+    manifest before do_image_complete installs, and the build succeeds."""
+    complete = next((build.tmpdir / "sstate-control").glob(f"manifest-*-{IMAGE}.image_complete"))
+    legacy = complete.with_name(complete.name[:-len(".image_complete")] + ".ota_package")
+    old_release = build.deploy / f"{IMAGE}-qemux86-64-20261101000000.hub_update.bin"
+    old_release.write_bytes(b"an earlier layer's release")
+    listed = [old_release] + [build.deployed(name) for name in ("hub_update.bin", "full_ota_record.json",
+                                                                 "ota-signing.pub.pem")]
+    legacy.write_text("".join(f"{path}\n" for path in listed))
+    build.own(old_release, legacy)
+    try:
+        build.settings(OTA_DEBUG="1")                                   # a new release: do_image_complete runs
+        run = build.bitbake(f"bitbake {IMAGE}")
+        assert run.returncode == 0 and not problems(run), run.output[-5000:]
+        assert f"{IMAGE}:do_image_complete" in run.tasks, run.tasks
+        assert not legacy.exists() and not old_release.exists()
+        check_release(build, build.key.with_suffix(".pub").read_bytes())
+    finally:
+        build.settings()
+        legacy.unlink(missing_ok=True)
+        old_release.unlink(missing_ok=True)
+    build.build("debug off again")
 
 
 def tar_members(path: Path) -> list:

@@ -63,6 +63,18 @@ do_image_hub_update[depends] += "${OTA_NATIVE_DEPENDS}"
 do_image_hub_update[prefuncs] += "ota_export_secrets"
 do_image_hub_update[ota-secrets] = "OTA_KEY_PASSWORD"
 do_image_hub_update[file-checksums] += "${OTA_KEY_CHECKSUMS}"
+# A build directory used with meta-ota before the image type (its do_ota_package deployed
+# the same file names under its own sstate manifest): image.bbclass would refuse to install
+# "files already in a shared area". Before do_image_complete installs, remove that task's
+# files and manifest once, as "bitbake -c cleansstate" would have.
+python ota_forget_legacy_deploy () {
+    manifest = d.expand("${SSTATE_MANFILEPREFIX}.ota_package")
+    if os.path.exists(manifest):
+        bb.note("meta-ota: removing what the earlier do_ota_package deployed (%s)" % manifest)
+        sstate_clean_manifest(manifest, d)
+}
+do_image_complete[prefuncs] += "ota_forget_legacy_deploy"
+do_image_complete_setscene[prefuncs] += "ota_forget_legacy_deploy"
 SSTATE_ALLOW_OVERLAP_FILES += "${DEPLOY_DIR_IMAGE}/${OTA_IMAGE_FILE} ${DEPLOY_DIR_IMAGE}/full_ota_record.json \
                                ${DEPLOY_DIR_IMAGE}/${OTA_DEVICE_KEY_NAME}"
 
