@@ -292,6 +292,55 @@ def test_broken_image_rolls_back_and_is_not_retried(server, partner, keys, tmp_p
     assert caplog.text.count(f"versionNumber {vn} rolled back on this device before") == 1
 
 
+def test_reboot_command_runs_after_the_switch_and_after_each_failed_health_check(server, partner, keys, tmp_path,
+                                                                                     caplog):
+    """rebootCommand: the agent reboots into the new slot itself, and after each failed health check, so a
+    broken image is rolled back by the boot script with nobody at the device: bootLimit reboots, no more."""
+    key = keys["ed25519"]
+    published = publish_with_seed_tools(partner, key["private"], raw_image(b"REBOOTS"))
+    vn = int(published["record"]["versionNumber"])
+    marker = tmp_path / "reboots"
+    conf = make_device(tmp_path, server.url, partner.device("dev-rc"), key["public"], device_id="dev-rc",
+                       device_type=partner.device_type, healthCheck=["sh", "-c", "echo 'app did not start' >&2; exit 1"],
+                       rebootCommand=["sh", "-c", f"echo \"$(cat {tmp_path}/dev-rc/boot_id)\" >> {marker}"])
+    deploy(partner, "dev-rc", published["imageId"])
+    agent = agent_for(conf)
+
+    def reboots() -> List[str]:
+        return marker.read_text().splitlines() if marker.exists() else []
+
+    assert agent.check_once().state == "pending-reboot"
+    assert len(reboots()) == 1                                # reported first, then rebooted
+    assert device_state(server, partner, "dev-rc")["state"] == "pending-reboot"
+    for attempt in range(3):                                  # bootLimit 3
+        assert reboot(conf) == "b"
+        assert agent.check_once().state == "failed"
+        assert len(reboots()) == 2 + attempt, reboots()
+        assert len(set(reboots())) == len(reboots())          # one reboot per boot
+    assert reboot(conf) == "a"                                # the boot script falls back
+    assert agent.check_once().state == "rolled-back"
+    assert agent.check_once().state == "no-update"
+    assert len(reboots()) == 4                                # nothing after the rollback
+
+
+def test_a_failing_reboot_command_is_one_line_and_retried_on_the_next_check(server, partner, keys, tmp_path, caplog):
+    key = keys["ed25519"]
+    published = publish_with_seed_tools(partner, key["private"], raw_image(b"NOREBOOT"))
+    conf = make_device(tmp_path, server.url, partner.device("dev-rf"), key["public"], device_id="dev-rf",
+                       device_type=partner.device_type,
+                       rebootCommand=["sh", "-c", f"echo x >> {tmp_path}/tries; echo 'reboot: not permitted' >&2; exit 1"])
+    deploy(partner, "dev-rf", published["imageId"])
+    agent = agent_for(conf)
+    caplog.set_level(logging.INFO)
+    assert agent.check_once().state == "pending-reboot"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["rebootCommand exited 1 (reboot: not permitted): the device must be rebooted to go on"], errors
+    assert agent.check_once().state == "pending-reboot"       # same boot: still pending, tried again
+    assert (tmp_path / "tries").read_text().count("x") == 2
+    assert reboot(conf) == "b" and agent.check_once().state == "installed"
+    assert (tmp_path / "tries").read_text().count("x") == 2   # no reboot after a commit
+
+
 def test_bootsim_follows_the_contract():
     env = {"BOOT_ORDER": "b a", "BOOT_b_LEFT": "2", "upgrade_available": "1", "bootcount": "0", "bootargs": "quiet"}
     slot, saved, volatile = boot(env, ["a", "b"], "bootpart", {"a": "0:2", "b": "0:3"})

@@ -382,10 +382,15 @@ def test_agent_config_command_for_images(tmp_path):
     run_cli("ota-build", "agent-config", "--server", "https://ota.example.com", "--device-type", "dt-1",
             "--public-key", "/k.pem", "--slot", "a=/dev/mmcblk0p2", "--slot", "b=/dev/mmcblk0p3",
             "--payload-fstype", "tar.gz", "--boot-limit", "5", "--health-check", "/usr/bin/check-app --quick",
-            "-o", str(out), check=0)
+            "--reboot-command", "systemctl reboot", "-o", str(out), check=0)
     doc = json.loads(out.read_text())
     assert doc["installer"]["type"] == "archive" and doc["bootLimit"] == 5
-    assert doc["healthCheck"] == ["/usr/bin/check-app", "--quick"]
+    assert doc["healthCheck"] == ["/usr/bin/check-app", "--quick"] and doc["rebootCommand"] == ["systemctl", "reboot"]
+    assert load_agent_config(str(out), env={"OTA_DEVICE_TOKEN": "t", "OTA_DEVICE_ID": "d"}).reboot_command == [
+        "systemctl", "reboot"]
+    proc = run_cli("ota-build", "agent-config", "--server", "http://x", "--device-type", "dt", "--public-key", "/k.pem",
+                   "--command", "x", "--reboot-command", "reboot", "-o", str(out))
+    assert proc.returncode == 2 and "only the A/B installers reboot" in proc.stderr
     assert doc["installer"]["bootEnv"]["tool"] == "fw_setenv"
     # The boot script's file mode (OTA_BOOT_ENV_STORAGE = "file"): the agent keeps the state in the same file.
     run_cli("ota-build", "agent-config", "--server", "https://ota.example.com", "--device-type", "dt-1",

@@ -385,3 +385,21 @@ def test_wks_layouts_parse_and_match_their_slot_settings(release, wks):
     assert slots == {"a": f"/dev/{WKS[wks]}p2", "b": f"/dev/{WKS[wks]}p3"}
     assert values == {"a": f"{WKS[wks][-1]}:2", "b": f"{WKS[wks][-1]}:3"}
     assert (parts[1]["label"], parts[2]["label"]) == ("root_a", "root_b")
+
+
+def test_agent_recipe_passes_the_reboot_command_with_slots_only(tmp_path):
+    """OTA_AGENT_REBOOT_COMMAND (default "reboot") reaches ota-build agent-config only for the A/B
+    installers (the command installer's program reboots itself), and is in do_compile's signature."""
+    bb = bitbake_lib("scarthgap")
+    tree = release_tree("scarthgap")
+    recipe = LAYER / "recipes-ota" / "ota-agent" / "ota-agent_1.0.bb"
+    d = bitbake_datastore(bb, tree, recipe, TOPDIR=tmp_path, TMPDIR=tmp_path / "tmp")
+    assert d.getVar("OTA_AGENT_REBOOT_COMMAND") == "reboot"
+    assert "--reboot-command" not in d.getVar("do_compile")
+    d.setVar("OTA_AGENT_SLOTS", "a=/dev/mmcblk0p2 b=/dev/mmcblk0p3")
+    assert '--reboot-command "reboot"' in d.getVar("do_compile")
+    d.setVar("OTA_AGENT_REBOOT_COMMAND", "systemctl reboot")
+    assert '--reboot-command "systemctl reboot"' in d.getVar("do_compile")
+    d.setVar("OTA_AGENT_REBOOT_COMMAND", "")
+    assert "--reboot-command" not in d.getVar("do_compile")
+    assert "OTA_AGENT_REBOOT_COMMAND" in d.getVarFlag("do_compile", "vardeps").split()

@@ -130,7 +130,8 @@ def cmd_agent_config(args: argparse.Namespace) -> int:
                              command=args.command.split() if args.command else None, poll_interval=args.poll_interval,
                              local_port=args.local_port, description=args.description, boot_limit=args.boot_limit,
                              health_check=shlex.split(args.health_check) if args.health_check else None,
-                             payload_fstype=args.payload_fstype, boot_env_file=args.boot_env_file)
+                             payload_fstype=args.payload_fstype, boot_env_file=args.boot_env_file,
+                             reboot_command=shlex.split(args.reboot_command) if args.reboot_command else None)
     atomic_write_text(args.output, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     print(args.output)
     return 0
@@ -283,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-check", default="",
                    help="command run after the first boot of a new slot; exit 0 commits it (default: the agent "
                         "reached the server)")
+    p.add_argument("--reboot-command", default="", metavar="COMMAND",
+                   help="with slots: command the agent runs to reboot after switching to the new slot and after a "
+                        "failed health check, so the boot script commits or falls back without anyone at the device "
+                        "(the layer's default: reboot; default here: none, the agent only reports pending-reboot)")
     p.add_argument("--poll-interval", type=int, default=300, help="seconds between checks (default: 300)")
     p.add_argument("--local-port", type=int, default=5000, help="local API port on loopback (default: 5000)")
     p.add_argument("--description", default="", help="device description")

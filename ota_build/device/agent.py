@@ -578,7 +578,27 @@ class Agent:
             return self._finish(Outcome("failed", version_number, str(exc), exc.exit_code))
         detail = f"wrote slot {slot} and switched the boot slot to it; commits after the reboot"
         log.info("installed versionNumber %d into slot %s: waiting for the reboot", version_number, slot)
-        return self._finish(Outcome("pending-reboot", version_number, detail))
+        outcome = self._finish(Outcome("pending-reboot", version_number, detail))
+        self._reboot(f"into slot {slot} for versionNumber {version_number}")
+        return outcome
+
+    def _reboot(self, why: str) -> None:
+        """Run ``rebootCommand`` after the outcome was reported; without one, someone else reboots.
+
+        A failing command is one log line: the state stays, the next check tries again.
+        """
+        command = self.config.reboot_command
+        if not command:
+            return
+        log.info("rebooting %s: %s", why, " ".join(command))
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.error("rebootCommand failed (%s): the device must be rebooted to go on", exc)
+            return
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            log.error("rebootCommand exited %d (%s): the device must be rebooted to go on", proc.returncode, last)
 
     def _boot_id(self) -> str:
         try:
@@ -593,7 +613,8 @@ class Agent:
         Same boot as the switch: pending-reboot (the switch is redone if a power loss interrupted it).
         Booted into the new slot: health check, then commit and ``installed`` (or ``failed`` without commit:
         the boot script falls back after bootLimit boots). Back on another slot: ``rolled-back``; that
-        versionNumber is never installed again automatically.
+        versionNumber is never installed again automatically. With ``rebootCommand`` the agent reboots
+        after pending-reboot and after a failed health check (the latter at most bootLimit times).
         """
         state = self._state()
         pending = state.get("pending")
@@ -609,8 +630,10 @@ class Agent:
             if not pending.get("switched") or installer.boot_env.boot_order(list(installer.slots), env)[0] != slot:
                 log.info("the switch to slot %s was interrupted; switching again", slot)
                 return self._switch(self.installed_record().get("name", ""))
-            return self._finish(Outcome("pending-reboot", version_number,
-                                        f"slot {slot} holds versionNumber {version_number}; waiting for the reboot"))
+            outcome = self._finish(Outcome("pending-reboot", version_number,
+                                           f"slot {slot} holds versionNumber {version_number}; waiting for the reboot"))
+            self._reboot(f"into slot {slot} for versionNumber {version_number} (still pending)")
+            return outcome
         if running != slot:
             if not pending.get("switched"):  # power lost before the switch, then a reboot: switch now
                 log.info("the switch to slot %s was interrupted before a reboot; switching again", slot)
@@ -629,7 +652,10 @@ class Agent:
             if not healthy:
                 log.error("health check of versionNumber %d in slot %s failed (%s): not committing; the boot script "
                           "falls back after %d boots", version_number, slot, why, installer.boot_limit)
-                return self._finish(Outcome("failed", version_number, f"health check failed: {why}; not committed", 1))
+                outcome = self._finish(Outcome("failed", version_number, f"health check failed: {why}; not committed", 1))
+                self._reboot(f"after the failed health check (boot attempts of slot {slot} left: "
+                             f"{env.get(bootenv.left_variable(slot), '?')})")
+                return outcome
             installer.boot_env.commit(slot, installer.boot_limit)
             fault("after-commit")
         self._save_state(pending=None, installedVersionNumber=version_number)

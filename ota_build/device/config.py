@@ -53,6 +53,7 @@ class AgentConfig:
     verify_backend: str = "auto"
     download_origins: List[str] = field(default_factory=list)
     health_check: List[str] = field(default_factory=list)
+    reboot_command: List[str] = field(default_factory=list)
     boot_limit: int = DEFAULT_BOOT_LIMIT
     cmdline: str = DEFAULT_CMDLINE
     boot_id_file: str = DEFAULT_BOOT_ID
@@ -131,6 +132,7 @@ def load_agent_config(path: str, env: Optional[Mapping[str, str]] = None) -> Age
         verify_backend=doc.get("verifyBackend", "auto"),
         download_origins=list(doc.get("downloadOrigins", [])),
         health_check=list(doc.get("healthCheck", [])),
+        reboot_command=list(doc.get("rebootCommand", [])),
         boot_limit=int(doc.get("bootLimit", DEFAULT_BOOT_LIMIT)),
         cmdline=os.path.join(base, doc.get("cmdline", DEFAULT_CMDLINE)),
         boot_id_file=os.path.join(base, doc.get("bootIdFile", DEFAULT_BOOT_ID)),
@@ -156,7 +158,7 @@ def build_agent_config(server: str, device_type: str, public_keys: List[str], ot
                        device_file: str = "/etc/ota/device-id",
                        device_token_file: str = "/etc/ota/device-token", boot_limit: int = DEFAULT_BOOT_LIMIT,
                        health_check: Optional[List[str]] = None, payload_fstype: str = "",
-                       boot_env_file: str = "") -> Dict[str, Any]:
+                       boot_env_file: str = "", reboot_command: Optional[List[str]] = None) -> Dict[str, Any]:
     """An agent configuration for an image (the ota-agent recipe's /etc/ota-agent.json).
 
     Two or more ``slots`` (``a=/dev/mmcblk0p2``) select the A/B installer with
@@ -164,7 +166,8 @@ def build_agent_config(server: str, device_type: str, public_keys: List[str], ot
     the archive installer when ``payload_fstype`` is ``tar.gz``, else the raw one;
     otherwise the command installer runs ``command``. ``boot_env_file`` (the boot
     script's file mode, e.g. ``/uboot/ota-env.txt``) makes the agent keep the boot
-    state in that KEY=value file instead of ``fw_setenv``. Per-device values are
+    state in that KEY=value file instead of ``fw_setenv``. ``reboot_command``
+    (A/B only) is what the agent runs to reboot into a switched slot. Per-device values are
     read on the device from ``device_file`` and ``device_token_file``.
     Raises ConfigError naming the problem; the result validates against the schema.
     """
@@ -195,6 +198,10 @@ def build_agent_config(server: str, device_type: str, public_keys: List[str], ot
         doc["bootLimit"] = boot_limit
     if health_check:
         doc["healthCheck"] = list(health_check)
+    if reboot_command:
+        if not slot_map:
+            raise ConfigError("reboot command: only the A/B installers reboot into a slot (give --slot)")
+        doc["rebootCommand"] = list(reboot_command)
     problem = validate(load_schema("ota-agent"), doc)
     if problem:
         raise ConfigError(f"agent configuration: {problem}")

@@ -40,6 +40,7 @@ do_compile() {
 		--description "${OTA_AGENT_DESCRIPTION}" --payload-fstype "${OTA_PAYLOAD_FSTYPE}" \
 		--boot-limit "${OTA_AGENT_BOOT_LIMIT}" --health-check "${OTA_AGENT_HEALTH_CHECK}" -o ${B}/ota-agent.json \
 		${@'--boot-env-file %s/%s' % (d.getVar('OTA_BOOT_MOUNT').rstrip('/'), d.getVar('OTA_BOOT_ENV_FILE')) if d.getVar('OTA_BOOT_ENV_STORAGE') == 'file' else ''} \
+		${@'--reboot-command "%s"' % d.getVar('OTA_AGENT_REBOOT_COMMAND') if d.getVar('OTA_AGENT_SLOTS') and d.getVar('OTA_AGENT_REBOOT_COMMAND') else ''} \
 		${@' '.join('--slot ' + s for s in (d.getVar('OTA_AGENT_SLOTS') or '').split())} \
 		${@' '.join('--boot-value ' + v for v in (d.getVar('OTA_AGENT_BOOT_VALUES') or '').split())}
 }
@@ -48,7 +49,7 @@ do_compile[cleandirs] = "${B}"
 do_compile[vardeps] += "OTA_AGENT_SERVER OTA_AGENT_DEVICE_TYPE OTA_AGENT_SLOTS OTA_AGENT_BOOT_VARIABLE \
                         OTA_AGENT_BOOT_VALUES OTA_AGENT_COMMAND OTA_AGENT_POLL_INTERVAL OTA_AGENT_LOCAL_PORT \
                         OTA_AGENT_DESCRIPTION OTA_TYPE OTA_DEVICE_KEY_PATH OTA_PAYLOAD_FSTYPE OTA_AGENT_BOOT_LIMIT \
-                        OTA_AGENT_HEALTH_CHECK OTA_BOOT_ENV_STORAGE OTA_BOOT_MOUNT OTA_BOOT_ENV_FILE"
+                        OTA_AGENT_HEALTH_CHECK OTA_AGENT_REBOOT_COMMAND OTA_BOOT_ENV_STORAGE OTA_BOOT_MOUNT OTA_BOOT_ENV_FILE"
 do_compile[vardepsexclude] += "${OTA_PATH_VARS} ${OTA_SECRET_ENV_VARS} BB_ORIGENV"
 do_compile[file-checksums] += "${OTA_CONFIG_CHECKSUMS}"
 
