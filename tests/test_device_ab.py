@@ -318,7 +318,8 @@ def test_reboot_command_runs_after_the_switch_and_after_each_failed_health_check
         assert len(reboots()) == 2 + attempt, reboots()
         assert len(set(reboots())) == len(reboots())          # one reboot per boot
     assert reboot(conf) == "a"                                # the boot script falls back
-    assert agent.check_once().state == "rolled-back"
+    outcome = agent.check_once()
+    assert outcome.state == "rolled-back" and outcome.version_number == vn, outcome
     assert agent.check_once().state == "no-update"
     assert len(reboots()) == 4                                # nothing after the rollback
 

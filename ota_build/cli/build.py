@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from ota_build import __version__
 from ota_build.core.config import DEFAULT_CONFIG_NAME
-from ota_build.core.cliutil import EXIT_CODES_HELP, Parser, add_backend_option, run_main, setup_logging
+from ota_build.core.cliutil import EXIT_CODES_HELP, Parser, add_backend_option, add_trusted_keys_option, run_main, setup_logging
 from ota_build.core.errors import UsageError
 from ota_build.core.files import atomic_write_bytes
 from ota_build.core.package import inspect_file, package_image, verify_file
@@ -244,8 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "after every check passed.", epilog=EXIT_CODES_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", help="the hub_update.bin to verify")
-    p.add_argument("-k", "--key", action="append", required=True, metavar="PEM",
-                   help="trusted public key (repeatable; a directory adds every *.pem in it)")
+    add_trusted_keys_option(p)
     p.add_argument("-t", "--type", type=int, metavar="T", help="expected OTA type (e.g. 5)")
     p.add_argument("--min-version-number", metavar="N", help="refuse versionNumbers below N (downgrade)")
     p.add_argument("-x", "--extract", metavar="OUT", help="write the payload (without header) to OUT, atomically")

@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from ota_build.core import packager
-from ota_build.core.cliutil import EXIT_CODES_HELP, add_backend_option
+from ota_build.core.cliutil import EXIT_CODES_HELP, add_backend_option, add_trusted_keys_option
 from ota_build.core.errors import UsageError
 from ota_build.core.signing import Keyring, make_signer
 from ota_build.core.files import ensure_dir
@@ -82,8 +82,7 @@ def add_packager_commands(sub: Any) -> None:
                                    "check passed.", epilog=EXIT_CODES_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", help="the model.zip to verify")
-    p.add_argument("-k", "--key", action="append", required=True, metavar="PEM",
-                   help="trusted public key (repeatable; a directory adds every *.pem in it)")
+    add_trusted_keys_option(p)
     p.add_argument("-x", "--extract", metavar="DIR", help="write model.pkl and model.bat into DIR, atomically")
     add_backend_option(p, "verify")
     p.set_defaults(func=cmd_packager_verify)

@@ -50,6 +50,12 @@ def add_backend_option(p: argparse.ArgumentParser, verb: str = "sign") -> None:
                         "cryptography when installed)")
 
 
+def add_trusted_keys_option(p: argparse.ArgumentParser) -> None:
+    """``-k/--key``: the trusted public keys a verifying command checks against (``Keyring.from_files``)."""
+    p.add_argument("-k", "--key", action="append", required=True, metavar="PEM",
+                   help="trusted public key (repeatable; a directory adds every *.pem in it)")
+
+
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     """Log to stderr: warnings by default, info with -v, debug with -vv."""
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)

@@ -225,6 +225,8 @@ def pack(inputs: Mapping[str, Source], out: IO[bytes], signer: Any, options: Pac
 
 
 def _copy_checked(src: IO[bytes], dst: IO[bytes]) -> "tuple[str, int]":
+    """Copy ``src`` into a zip member while hashing it: (sha256 hex, size). (``core.package.copy_hashing``
+    writes to a file descriptor; a zip member has none.)"""
     digest = hashlib.sha256()
     size = 0
     while True:
@@ -323,21 +325,14 @@ def verify_package(path: Source, keyring: Any, backend: str = "auto") -> Dict[st
 
 
 def _check_entry(zf: zipfile.ZipFile, name: str, entry: Mapping[str, Any]) -> None:
-    digest = hashlib.sha256()
-    size = 0
     try:
         with zf.open(name) as fh:
-            while True:
-                chunk = fh.read(_CHUNK)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                size += len(chunk)
+            digest, size = sha256_of(fh)
     except (zipfile.BadZipFile, EOFError, OSError) as exc:  # CRC error, truncated member
         raise CorruptError(f"{name}: unreadable ({exc})") from None
     if size != int(entry["size"]):
         raise TruncatedError(f"{name}: {size} bytes, the manifest says {entry['size']}")
-    if digest.hexdigest() != entry["sha256"]:
+    if digest.hex() != entry["sha256"]:
         raise CorruptError(f"{name}: SHA-256 differs from the manifest")
 
 
