@@ -463,6 +463,29 @@ BOOT_SETTINGS = {"OTA_AGENT_SLOTS": "a=/dev/mmcblk0p2 b=/dev/mmcblk0p3", "OTA_AG
                  "OTA_AGENT_BOOT_VALUES": "a=0:2 b=0:3", "OTA_BOOT_ENV_STORAGE": "file", "UBOOT_ENV_SIZE": "0x4000"}
 
 
+def test_ab_image_mounts_the_boot_partition_from_its_own_fstab(build):
+    """With OTA_AGENT_SLOTS the image's /etc/fstab (from the rootfs, so in the payload an update writes
+    into a slot) mounts the boot partition and the data partition (one release: the class is the same)."""
+    if build.release != BOOT_RELEASE:
+        pytest.skip(f"built on {BOOT_RELEASE} only")
+    try:
+        build.settings(**BOOT_SETTINGS, OTA_FSTAB_DATA_DEVICE="/dev/mmcblk0p4",
+                       **{"IMAGE_INSTALL:append:pn-" + IMAGE: " ota-test-fstab"})
+        run = build.bitbake(f"bitbake {IMAGE}")
+        build.timings["A/B fstab"] = run.seconds
+        assert run.returncode == 0 and not problems(run), run.output[-5000:]
+        check_release(build, build.key.with_suffix(".pub").read_bytes())     # the payload is this rootfs
+        assert build.rootfs_file("etc/fstab").decode().splitlines()[-2:] == [
+            "/dev/mmcblk0p1\t/uboot\tvfat\tdefaults\t0\t0", "/dev/mmcblk0p4\t/data\tauto\tdefaults\t0\t0"]
+        with tarfile.open(build.rootfs_tar) as tar:
+            assert tar.getmember("./uboot").isdir() and tar.getmember("./data").isdir()
+    finally:
+        build.settings()
+    build.build("without slots again")
+    with tarfile.open(build.rootfs_tar) as tar:
+        assert "./etc/fstab" not in tar.getnames()
+
+
 def test_boot_script_recipe_deploys_the_generated_script(build):
     """ota-boot (one release: the boot side does not depend on it): the deployed boot.scr is
     mkimage's script image of exactly what ota_build's generator writes for the settings, and

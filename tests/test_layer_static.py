@@ -359,7 +359,7 @@ sys.path[:0] = [sys.argv[1] + "/scripts/lib", sys.argv[1] + "/bitbake/lib"]
 from wic.ksparser import KickStart
 parts = KickStart(sys.argv[2]).partitions
 print(json.dumps([dict(mountpoint=p.mountpoint, source=p.source, fstype=p.fstype, label=p.label, disk=p.disk,
-                       active=bool(p.active)) for p in parts]))
+                       active=bool(p.active), no_fstab_update=bool(p.no_fstab_update)) for p in parts]))
 """
 
 
@@ -385,6 +385,10 @@ def test_wks_layouts_parse_and_match_their_slot_settings(release, wks):
     assert slots == {"a": f"/dev/{WKS[wks]}p2", "b": f"/dev/{WKS[wks]}p3"}
     assert values == {"a": f"{WKS[wks][-1]}:2", "b": f"{WKS[wks][-1]}:3"}
     assert (parts[1]["label"], parts[2]["label"]) == ("root_a", "root_b")
+    # wic writes nothing into the slots: they are the payload's rootfs, whose own fstab mounts /uboot and /data
+    assert [p["no_fstab_update"] for p in parts if p["source"] == "rootfs"] == [True, True]
+    data = re.search(r'OTA_FSTAB_DATA_DEVICE = "([^"]+)"', text).group(1)
+    assert data == f"/dev/{WKS[wks]}p4" and parts[3]["mountpoint"] == "/data"
 
 
 def test_agent_recipe_passes_the_reboot_command_with_slots_only(tmp_path):
@@ -403,3 +407,20 @@ def test_agent_recipe_passes_the_reboot_command_with_slots_only(tmp_path):
     d.setVar("OTA_AGENT_REBOOT_COMMAND", "")
     assert "--reboot-command" not in d.getVar("do_compile")
     assert "OTA_AGENT_REBOOT_COMMAND" in d.getVarFlag("do_compile", "vardeps").split()
+
+
+@pytest.mark.parametrize("slots, device", [("a=/dev/mmcblk0p2 b=/dev/mmcblk0p3", "/dev/mmcblk0p1"),
+                                           ("a=/dev/mmcblk1p2 b=/dev/mmcblk1p3", "/dev/mmcblk1p1"),
+                                           ("a=/dev/sda2 b=/dev/sda3", "/dev/sda1"), ("", "")])
+def test_ab_images_mount_the_boot_partition_from_their_own_fstab(tmp_path, slots, device):
+    """Expanded by a real BitBake datastore: with OTA_AGENT_SLOTS the image's rootfs post-process adds
+    the boot partition (partition 1 of the slots' disk) to /etc/fstab; without slots, nothing."""
+    bb = bitbake_lib("scarthgap")
+    tree = release_tree("scarthgap")
+    d = bitbake_datastore(bb, tree, LAYER / "classes" / "ota-image.bbclass", TOPDIR=tmp_path, TMPDIR=tmp_path / "tmp",
+                          OTA_AGENT_SLOTS=slots, IMAGE_FSTYPES="tar.gz hub_update.bin")
+    assert d.getVar("OTA_FSTAB_BOOT_DEVICE") == device
+    assert ("ota_rootfs_fstab;" in (d.getVar("ROOTFS_POSTPROCESS_COMMAND") or "")) == bool(slots)
+    d.setVar("IMAGE_FSTYPES", "tar.gz")                        # not an OTA image: its rootfs is left alone
+    d.setVar("OTA_AUTO_FSTYPES", "")
+    assert "ota_rootfs_fstab" not in (d.getVar("ROOTFS_POSTPROCESS_COMMAND") or "")

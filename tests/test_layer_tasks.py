@@ -424,3 +424,55 @@ def test_upload_task_uploads_with_only_the_packages_of_ota_upload_deps(tmp_path,
     assert record.read_bytes() == deployed                          # the deployed record is not written
     for secret in partner.secrets.values():
         assert str(secret) not in run.stdout + run.stderr
+
+
+def fstab_values(tmp_path, **changes):
+    values = {"IMAGE_ROOTFS": tmp_path / "rootfs", "sysconfdir": "/etc", "OTA_BOOT_MOUNT": "/uboot",
+              "OTA_FSTAB_BOOT_DEVICE": "/dev/mmcblk0p1", "OTA_FSTAB_DATA_DEVICE": "/dev/mmcblk0p4",
+              "OTA_FSTAB_DATA_MOUNT": "/data", "T": tmp_path / "temp"}
+    values.update(changes)
+    Path(values["T"]).mkdir(parents=True, exist_ok=True)
+    return values
+
+
+BASE_FSTAB = "# stock fstab (base-files)\n/dev/root  /  auto  defaults  1  1\nproc  /proc  proc  defaults  0  0\n"
+
+
+def test_rootfs_fstab_mounts_the_boot_and_data_partitions_in_every_slot(tmp_path, native):
+    """A/B: the rootfs's own /etc/fstab (so also a slot an update wrote from the payload) mounts the
+    boot partition, where the boot state is, and the data partition; twice run, still one line each."""
+    values = fstab_values(tmp_path)
+    fstab = tmp_path / "rootfs" / "etc" / "fstab"
+    fstab.parent.mkdir(parents=True)
+    fstab.write_text(BASE_FSTAB + "#/dev/mmcblk0p1 /uboot vfat defaults 0 0\n")    # a comment does not count
+    for _ in range(2):
+        run = run_shell_task(IMAGE, "ota_rootfs_fstab", values, native)
+        assert run.returncode == 0 and "WARNING" not in run.stdout, run.stdout + run.stderr
+    assert fstab.read_text() == (BASE_FSTAB + "#/dev/mmcblk0p1 /uboot vfat defaults 0 0\n"
+                                 "/dev/mmcblk0p1\t/uboot\tvfat\tdefaults\t0\t0\n"
+                                 "/dev/mmcblk0p4\t/data\tauto\tdefaults\t0\t0\n")
+    assert (tmp_path / "rootfs" / "uboot").is_dir() and (tmp_path / "rootfs" / "data").is_dir()
+
+
+def test_rootfs_fstab_keeps_a_mount_the_user_made_and_skips_an_unset_data_partition(tmp_path, native):
+    values = fstab_values(tmp_path, OTA_FSTAB_DATA_DEVICE="")
+    fstab = tmp_path / "rootfs" / "etc" / "fstab"
+    fstab.parent.mkdir(parents=True)
+    fstab.write_text(BASE_FSTAB + "LABEL=boot /uboot vfat ro 0 0\n")
+    run = run_shell_task(IMAGE, "ota_rootfs_fstab", values, native)
+    assert run.returncode == 0 and "WARNING" not in run.stdout, run.stdout + run.stderr
+    assert fstab.read_text() == BASE_FSTAB + "LABEL=boot /uboot vfat ro 0 0\n"
+    assert not (tmp_path / "rootfs" / "data").exists()
+
+
+def test_rootfs_fstab_without_fstab_or_boot_device_warns_and_writes_nothing(tmp_path, native):
+    (tmp_path / "rootfs" / "etc").mkdir(parents=True)
+    run = run_shell_task(IMAGE, "ota_rootfs_fstab", fstab_values(tmp_path), native)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.strip() == ("WARNING: the rootfs has no /etc/fstab: nothing mounts /uboot, where the A/B boot "
+                                  "state is (install base-files, or mount it yourself)")
+    assert os.listdir(tmp_path / "rootfs") == ["etc"] and not os.listdir(tmp_path / "rootfs" / "etc")
+    (tmp_path / "rootfs" / "etc" / "fstab").write_text(BASE_FSTAB)
+    run = run_shell_task(IMAGE, "ota_rootfs_fstab", fstab_values(tmp_path, OTA_FSTAB_BOOT_DEVICE=""), native)
+    assert run.returncode == 0 and "OTA_FSTAB_BOOT_DEVICE is empty" in run.stdout, run.stdout + run.stderr
+    assert (tmp_path / "rootfs" / "etc" / "fstab").read_text() == BASE_FSTAB + "/dev/mmcblk0p4\t/data\tauto\tdefaults\t0\t0\n"

@@ -88,6 +88,12 @@ OTA_BOOT_ON_FAILURE ??= "reset"
 OTA_BOOT_ON_FAILURE[doc] = "U-Boot command run when OTA_BOOT_COMMANDS return (the slot did not boot): reset makes the next boot count another attempt."
 OTA_BOOT_MOUNT ??= "/uboot"
 OTA_BOOT_MOUNT[doc] = "Where Linux mounts the FAT boot partition (the wks layouts: /uboot): fw_env.config's default, and in file mode the agent's env file ${OTA_BOOT_MOUNT}/${OTA_BOOT_ENV_FILE}."
+OTA_FSTAB_BOOT_DEVICE ??= "${@ota_fstab_boot_device(d)}"
+OTA_FSTAB_BOOT_DEVICE[doc] = "With OTA_AGENT_SLOTS: the boot partition the rootfs's /etc/fstab mounts at OTA_BOOT_MOUNT, in every slot (default: partition 1 of the first slot's disk, e.g. /dev/mmcblk0p1)."
+OTA_FSTAB_DATA_DEVICE ??= ""
+OTA_FSTAB_DATA_DEVICE[doc] = "With OTA_AGENT_SLOTS: a partition the rootfs's /etc/fstab mounts at OTA_FSTAB_DATA_MOUNT in every slot (the wks layouts' p4, e.g. /dev/mmcblk0p4); empty: none."
+OTA_FSTAB_DATA_MOUNT ??= "/data"
+OTA_FSTAB_DATA_MOUNT[doc] = "Where OTA_FSTAB_DATA_DEVICE is mounted."
 OTA_BOOT_FW_ENV_CONFIG ??= "${OTA_BOOT_MOUNT}/uboot.env 0x0000 ${@d.getVar('UBOOT_ENV_SIZE') or '0x20000'}"
 OTA_BOOT_FW_ENV_CONFIG[doc] = "The line of /etc/fw_env.config (device or file, offset, size) for fw_setenv: U-Boot's env file on the boot partition, mounted at /uboot."
 
@@ -140,6 +146,14 @@ def ota_boot_default_commands(d):
     where = "%s ${%s}" % (d.getVar("OTA_BOOT_DEVTYPE"), d.getVar("OTA_AGENT_BOOT_VARIABLE"))
     return ("load %s ${kernel_addr_r} /boot/%s && load %s ${fdt_addr_r} /boot/${fdtfile} && %s ${kernel_addr_r} - ${fdt_addr_r}"
             % (where, kernel, where, boot))
+
+def ota_fstab_boot_device(d):
+    """Partition 1 of the disk that holds the first slot of OTA_AGENT_SLOTS (/dev/mmcblk0p2 -> /dev/mmcblk0p1)."""
+    import re
+    slots = (d.getVar("OTA_AGENT_SLOTS") or "").split()
+    match = re.fullmatch(r"[A-Za-z0-9]+=(/dev/\S*?\D)\d+", slots[0]) if slots else None
+    return match.group(1) + "1" if match else ""
+
 
 def ota_boot_env_device(d):
     """OTA_BOOT_ENV_DEVICE's default: partition 1 (the boot partition of the layer's wks layouts)

@@ -78,6 +78,30 @@ do_image_complete_setscene[prefuncs] += "ota_forget_legacy_deploy"
 SSTATE_ALLOW_OVERLAP_FILES += "${DEPLOY_DIR_IMAGE}/${OTA_IMAGE_FILE} ${DEPLOY_DIR_IMAGE}/full_ota_record.json \
                                ${DEPLOY_DIR_IMAGE}/${OTA_DEVICE_KEY_NAME}"
 
+# A/B: the boot partition (the boot state, fw_env.config's file) and the data partition are
+# mounted by the rootfs's own /etc/fstab, so every slot mounts them, also one written by an
+# update from the payload; wic's fstab edit reaches only the slots of a flashed card (the wks
+# layouts turn it off: the slots are the payload's rootfs, byte for byte).
+ota_rootfs_fstab () {
+	fstab=${IMAGE_ROOTFS}${sysconfdir}/fstab
+	if [ ! -f $fstab ]; then
+		bbwarn "the rootfs has no ${sysconfdir}/fstab: nothing mounts ${OTA_BOOT_MOUNT}, where the A/B boot state is (install base-files, or mount it yourself)"
+		return 0
+	fi
+	if [ -z "${OTA_FSTAB_BOOT_DEVICE}" ]; then
+		bbwarn "OTA_FSTAB_BOOT_DEVICE is empty (no partition number in the first slot of OTA_AGENT_SLOTS): ${sysconfdir}/fstab does not mount ${OTA_BOOT_MOUNT}"
+	fi
+	for entry in "${OTA_FSTAB_BOOT_DEVICE} ${OTA_BOOT_MOUNT} vfat" "${OTA_FSTAB_DATA_DEVICE} ${OTA_FSTAB_DATA_MOUNT} auto"; do
+		set -- $entry
+		[ $# -eq 3 ] || continue
+		if ! awk -v m="$2" '$1 !~ /^#/ && $2 == m { found = 1 } END { exit !found }' $fstab; then
+			printf '%s\t%s\t%s\tdefaults\t0\t0\n' "$1" "$2" "$3" >> $fstab
+		fi
+		install -d ${IMAGE_ROOTFS}$2
+	done
+}
+ROOTFS_POSTPROCESS_COMMAND += "${@'ota_rootfs_fstab;' if d.getVar('OTA_AGENT_SLOTS') and ota_image_wanted(d) else ''}"
+
 def ota_image_wanted(d):
     """Whether this image makes the hub_update.bin type."""
     fstypes = (d.getVar("IMAGE_FSTYPES") or "").split()
