@@ -342,6 +342,68 @@ def test_a_failing_reboot_command_is_one_line_and_retried_on_the_next_check(serv
     assert (tmp_path / "tries").read_text().count("x") == 2   # no reboot after a commit
 
 
+def new_slot_boots_with_its_own_state(conf: Path, record: Dict[str, Any]) -> None:
+    """On a device each slot is a rootfs of its own: the new slot comes up with the new image's record in
+    /etc and an empty state directory (the state.json of the agent that installed it is in the old slot)."""
+    state = conf.parent / "var/lib/ota-agent/state.json"
+    (conf.parent / "old-slot-state.json").write_bytes(state.read_bytes())
+    state.unlink()
+    installed = conf.parent / "etc/full_ota_record.json"
+    (conf.parent / "old-slot-record.json").write_bytes(installed.read_bytes())
+    installed.write_text(json.dumps(record))
+
+
+def test_new_slot_with_a_state_directory_of_its_own_commits_from_the_boot_environment(server, partner, keys,
+                                                                                         tmp_path, caplog):
+    """The state directory is in each slot (/var/lib/ota-agent of each rootfs): the agent in the new slot
+    has no record of the install, and the shared boot environment says it runs the uncommitted new slot."""
+    key = keys["ed25519"]
+    published = publish_with_seed_tools(partner, key["private"], raw_image(b"OWNSTATE"))
+    vn = int(published["record"]["versionNumber"])
+    conf = make_device(tmp_path, server.url, partner.device("dev-os"), key["public"], device_id="dev-os",
+                       device_type=partner.device_type)
+    deploy(partner, "dev-os", published["imageId"])
+    assert agent_for(conf).check_once().state == "pending-reboot"
+    assert reboot(conf) == "b"
+    new_slot_boots_with_its_own_state(conf, published["record"])
+    caplog.set_level(logging.INFO)
+    outcome = agent_for(conf).check_once()
+    assert outcome.state == "installed" and outcome.version_number == vn, outcome
+    assert "installed by the agent of the other slot" in caplog.text
+    env = bootenv(conf)
+    assert env["upgrade_available"] == "0" and env["BOOT_ORDER"].split()[0] == "b"
+    assert device_state(server, partner, "dev-os")["state"] == "installed"
+    assert agent_for(conf).check_once().state == "no-update"
+    assert reboot(conf) == "b"                                # committed: it stays
+
+
+def test_new_slot_with_its_own_state_that_fails_its_health_check_rolls_back(server, partner, keys, tmp_path):
+    key = keys["ed25519"]
+    published = publish_with_seed_tools(partner, key["private"], raw_image(b"OWNBROKEN"))
+    vn = int(published["record"]["versionNumber"])
+    conf = make_device(tmp_path, server.url, partner.device("dev-ob"), key["public"], device_id="dev-ob",
+                       device_type=partner.device_type)
+    deploy(partner, "dev-ob", published["imageId"])
+    assert agent_for(conf).check_once().state == "pending-reboot"
+    assert reboot(conf) == "b"
+    new_slot_boots_with_its_own_state(conf, published["record"])
+    broken = json.loads(conf.read_text())
+    broken["healthCheck"] = ["sh", "-c", "echo 'app did not start' >&2; exit 1"]
+    conf.write_text(json.dumps(broken))                     # the new image's agent configuration
+    for _ in range(3):
+        assert agent_for(conf).check_once().state == "failed"
+        slot = reboot(conf)
+    assert slot == "a"                                        # the boot script fell back
+    conf_a = json.loads(conf.read_text())
+    conf_a.pop("healthCheck")
+    conf.write_text(json.dumps(conf_a))                     # slot a: its own configuration, record and state
+    (conf.parent / "var/lib/ota-agent/state.json").write_bytes((conf.parent / "old-slot-state.json").read_bytes())
+    (conf.parent / "etc/full_ota_record.json").write_bytes((conf.parent / "old-slot-record.json").read_bytes())
+    outcome = agent_for(conf).check_once()
+    assert outcome.state == "rolled-back" and outcome.version_number == vn, outcome
+    assert device_state(server, partner, "dev-ob")["state"] == "rolled-back"
+
+
 def test_bootsim_follows_the_contract():
     env = {"BOOT_ORDER": "b a", "BOOT_b_LEFT": "2", "upgrade_available": "1", "bootcount": "0", "bootargs": "quiet"}
     slot, saved, volatile = boot(env, ["a", "b"], "bootpart", {"a": "0:2", "b": "0:3"})

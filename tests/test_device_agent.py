@@ -391,6 +391,18 @@ def test_agent_config_command_for_images(tmp_path):
     proc = run_cli("ota-build", "agent-config", "--server", "http://x", "--device-type", "dt", "--public-key", "/k.pem",
                    "--command", "x", "--reboot-command", "reboot", "-o", str(out))
     assert proc.returncode == 2 and "only the A/B installers reboot" in proc.stderr
+    # A/B: the device's identity and the state on the partition both slots mount
+    run_cli("ota-build", "agent-config", "--server", "https://ota.example.com", "--device-type", "dt-1",
+            "--public-key", "/k.pem", "--slot", "a=/dev/mmcblk0p2", "--slot", "b=/dev/mmcblk0p3",
+            "--state-dir", "/data/ota-agent", "--device-dir", "/data/ota", "-o", str(out), check=0)
+    doc = json.loads(out.read_text())
+    assert (doc["stateDir"], doc["deviceFile"], doc["deviceTokenFile"]) == (
+        "/data/ota-agent", "/data/ota/device-id", "/data/ota/device-token")
+    before = out.read_bytes()
+    proc = run_cli("ota-build", "agent-config", "--server", "http://x", "--device-type", "dt", "--public-key", "/k.pem",
+                   "--command", "x", "--device-dir", "data/ota", "-o", str(out))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(
+        "--device-dir 'data/ota' must be an absolute path on the device") and out.read_bytes() == before
     assert doc["installer"]["bootEnv"]["tool"] == "fw_setenv"
     # The boot script's file mode (OTA_BOOT_ENV_STORAGE = "file"): the agent keeps the state in the same file.
     run_cli("ota-build", "agent-config", "--server", "https://ota.example.com", "--device-type", "dt-1",

@@ -424,3 +424,19 @@ def test_ab_images_mount_the_boot_partition_from_their_own_fstab(tmp_path, slots
     d.setVar("IMAGE_FSTYPES", "tar.gz")                        # not an OTA image: its rootfs is left alone
     d.setVar("OTA_AUTO_FSTYPES", "")
     assert "ota_rootfs_fstab" not in (d.getVar("ROOTFS_POSTPROCESS_COMMAND") or "")
+
+
+def test_ab_agent_keeps_identity_and_state_where_both_slots_mount_them(tmp_path):
+    """An update writes a rootfs without the device's provisioned id and token: with slots and a data
+    partition the agent's configuration names that partition for them and for the state."""
+    bb = bitbake_lib("scarthgap")
+    tree = release_tree("scarthgap")
+    recipe = LAYER / "recipes-ota" / "ota-agent" / "ota-agent_1.0.bb"
+    d = bitbake_datastore(bb, tree, recipe, TOPDIR=tmp_path, TMPDIR=tmp_path / "tmp", localstatedir="/var",
+                          sysconfdir="/etc")
+    assert (d.getVar("OTA_AGENT_STATE_DIR"), d.getVar("OTA_AGENT_DEVICE_DIR")) == ("/var/lib/ota-agent", "/etc/ota")
+    d.setVar("OTA_AGENT_SLOTS", "a=/dev/mmcblk0p2 b=/dev/mmcblk0p3")
+    d.setVar("OTA_FSTAB_DATA_DEVICE", "/dev/mmcblk0p4")
+    assert (d.getVar("OTA_AGENT_STATE_DIR"), d.getVar("OTA_AGENT_DEVICE_DIR")) == ("/data/ota-agent", "/data/ota")
+    assert '--state-dir "/data/ota-agent" --device-dir "/data/ota"' in d.getVar("do_compile")
+    assert {"OTA_AGENT_STATE_DIR", "OTA_AGENT_DEVICE_DIR"} <= set(d.getVarFlag("do_compile", "vardeps").split())

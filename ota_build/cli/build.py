@@ -125,13 +125,18 @@ def cmd_agent_config(args: argparse.Namespace) -> int:
             raise UsageError("agent-config: give --device-type, or -c with a config that has 'deviceTypeId'")
         from ota_build.core.config import load_config
         device_type = load_config(args.conf, env={}).device_type_id
+    for flag, value in (("--state-dir", args.state_dir), ("--device-dir", args.device_dir)):
+        if not os.path.isabs(value):
+            raise UsageError(f"agent-config: {flag} {value!r} must be an absolute path on the device")
     doc = build_agent_config(args.server, device_type, args.public_key, ota_type=args.type, slots=args.slot,
                              boot_variable=args.boot_variable, boot_values=args.boot_value,
                              command=args.command.split() if args.command else None, poll_interval=args.poll_interval,
                              local_port=args.local_port, description=args.description, boot_limit=args.boot_limit,
                              health_check=shlex.split(args.health_check) if args.health_check else None,
                              payload_fstype=args.payload_fstype, boot_env_file=args.boot_env_file,
-                             reboot_command=shlex.split(args.reboot_command) if args.reboot_command else None)
+                             reboot_command=shlex.split(args.reboot_command) if args.reboot_command else None,
+                             state_dir=args.state_dir, device_file=os.path.join(args.device_dir, "device-id"),
+                             device_token_file=os.path.join(args.device_dir, "device-token"))
     atomic_write_text(args.output, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     print(args.output)
     return 0
@@ -289,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the layer's default: reboot; default here: none, the agent only reports pending-reboot)")
     p.add_argument("--poll-interval", type=int, default=300, help="seconds between checks (default: 300)")
     p.add_argument("--local-port", type=int, default=5000, help="local API port on loopback (default: 5000)")
+    p.add_argument("--state-dir", default="/var/lib/ota-agent", metavar="DIR",
+                   help="the agent's state on the device (default: /var/lib/ota-agent); with slots, a directory both "
+                        "slots mount keeps one state for both (each slot's own works too: docs/agent.md)")
+    p.add_argument("--device-dir", default="/etc/ota", metavar="DIR",
+                   help="where the device's provisioned device-id and device-token files are (default: /etc/ota); "
+                        "with slots it must be a partition both slots mount (e.g. /data/ota): an update writes a "
+                        "rootfs without them")
     p.add_argument("--description", default="", help="device description")
     p.add_argument("-o", "--output", default="ota-agent.json", help="output file (default: ota-agent.json)")
     p.set_defaults(func=cmd_agent_config)

@@ -619,8 +619,10 @@ class Agent:
         state = self._state()
         pending = state.get("pending")
         installer = self.installer
-        if not pending or not isinstance(installer, SlotInstaller):
+        if not isinstance(installer, SlotInstaller):
             return None
+        if not pending:
+            return self._settle_unrecorded()
         slot, version_number = pending["slot"], int(pending["versionNumber"])
         boot_id = self._boot_id()
         same_boot = bool(boot_id) and boot_id == pending.get("bootId")
@@ -647,20 +649,54 @@ class Agent:
             return self._finish(Outcome("rolled-back", version_number, message, 1))
         env = installer.boot_env.read_all()
         if env.get(bootenv.UPGRADE_AVAILABLE) == "1":
-            self.api.report("committing", version_number)
-            healthy, why = self._health_check(version_number)
-            if not healthy:
-                log.error("health check of versionNumber %d in slot %s failed (%s): not committing; the boot script "
-                          "falls back after %d boots", version_number, slot, why, installer.boot_limit)
-                outcome = self._finish(Outcome("failed", version_number, f"health check failed: {why}; not committed", 1))
-                self._reboot(f"after the failed health check (boot attempts of slot {slot} left: "
-                             f"{env.get(bootenv.left_variable(slot), '?')})")
-                return outcome
-            installer.boot_env.commit(slot, installer.boot_limit)
-            fault("after-commit")
+            unhealthy = self._check_health_and_commit(slot, version_number, env)
+            if unhealthy is not None:
+                return unhealthy
         self._save_state(pending=None, installedVersionNumber=version_number)
         log.info("committed versionNumber %d in slot %s", version_number, slot)
         return self._finish(Outcome("installed", version_number, f"running slot {slot}, committed"))
+
+    def _check_health_and_commit(self, slot: str, version_number: int, env: Dict[str, str]) -> Optional[Outcome]:
+        """Report committing, run the health check, commit ``slot``. Returns the ``failed`` outcome (after
+        which the agent reboots, with rebootCommand) when it is not healthy, else None."""
+        installer = self.installer
+        assert isinstance(installer, SlotInstaller)
+        self.api.report("committing", version_number)
+        healthy, why = self._health_check(version_number)
+        if not healthy:
+            log.error("health check of versionNumber %d in slot %s failed (%s): not committing; the boot script "
+                      "falls back after %d boots", version_number, slot, why, installer.boot_limit)
+            outcome = self._finish(Outcome("failed", version_number, f"health check failed: {why}; not committed", 1))
+            self._reboot(f"after the failed health check (boot attempts of slot {slot} left: "
+                         f"{env.get(bootenv.left_variable(slot), '?')})")
+            return outcome
+        installer.boot_env.commit(slot, installer.boot_limit)
+        fault("after-commit")
+        return None
+
+    def _settle_unrecorded(self) -> Optional[Outcome]:
+        """The running slot is the boot environment's uncommitted new slot, but this agent's state does not
+        say it installed it: the state directory is in the slot (each rootfs has its own) and the agent
+        that wrote the slot ran in the other one. The boot environment is shared, so it decides: health
+        check, commit, ``installed`` with the running image's versionNumber. None when there is nothing
+        to settle (committed, or not booted into the new slot)."""
+        installer = self.installer
+        assert isinstance(installer, SlotInstaller)
+        env = installer.boot_env.read_all()
+        if env.get(bootenv.UPGRADE_AVAILABLE) != "1":
+            return None
+        running = installer.active_slot()
+        if installer.boot_env.boot_order(list(installer.slots), env)[0] != running:
+            return None
+        version_number = int(self.installed_record()["versionNumber"])
+        log.info("running the uncommitted slot %s (versionNumber %d), installed by the agent of the other slot",
+                 running, version_number)
+        unhealthy = self._check_health_and_commit(running, version_number, env)
+        if unhealthy is not None:
+            return unhealthy
+        self._save_state(installedVersionNumber=version_number)
+        log.info("committed versionNumber %d in slot %s", version_number, running)
+        return self._finish(Outcome("installed", version_number, f"running slot {running}, committed"))
 
     def _health_check(self, version_number: int) -> "tuple[bool, str]":
         """Run ``healthCheck`` (exit 0 = healthy); without one, healthy when the server was reached."""

@@ -38,6 +38,7 @@ do_compile() {
 		--public-key ${OTA_DEVICE_KEY_PATH} --type ${OTA_TYPE} --boot-variable "${OTA_AGENT_BOOT_VARIABLE}" \
 		--command "${OTA_AGENT_COMMAND}" --poll-interval ${OTA_AGENT_POLL_INTERVAL} --local-port ${OTA_AGENT_LOCAL_PORT} \
 		--description "${OTA_AGENT_DESCRIPTION}" --payload-fstype "${OTA_PAYLOAD_FSTYPE}" \
+		--state-dir "${OTA_AGENT_STATE_DIR}" --device-dir "${OTA_AGENT_DEVICE_DIR}" \
 		--boot-limit "${OTA_AGENT_BOOT_LIMIT}" --health-check "${OTA_AGENT_HEALTH_CHECK}" -o ${B}/ota-agent.json \
 		${@'--boot-env-file %s/%s' % (d.getVar('OTA_BOOT_MOUNT').rstrip('/'), d.getVar('OTA_BOOT_ENV_FILE')) if d.getVar('OTA_BOOT_ENV_STORAGE') == 'file' else ''} \
 		${@'--reboot-command "%s"' % d.getVar('OTA_AGENT_REBOOT_COMMAND') if d.getVar('OTA_AGENT_SLOTS') and d.getVar('OTA_AGENT_REBOOT_COMMAND') else ''} \
@@ -49,7 +50,8 @@ do_compile[cleandirs] = "${B}"
 do_compile[vardeps] += "OTA_AGENT_SERVER OTA_AGENT_DEVICE_TYPE OTA_AGENT_SLOTS OTA_AGENT_BOOT_VARIABLE \
                         OTA_AGENT_BOOT_VALUES OTA_AGENT_COMMAND OTA_AGENT_POLL_INTERVAL OTA_AGENT_LOCAL_PORT \
                         OTA_AGENT_DESCRIPTION OTA_TYPE OTA_DEVICE_KEY_PATH OTA_PAYLOAD_FSTYPE OTA_AGENT_BOOT_LIMIT \
-                        OTA_AGENT_HEALTH_CHECK OTA_AGENT_REBOOT_COMMAND OTA_BOOT_ENV_STORAGE OTA_BOOT_MOUNT OTA_BOOT_ENV_FILE"
+                        OTA_AGENT_HEALTH_CHECK OTA_AGENT_REBOOT_COMMAND OTA_AGENT_STATE_DIR OTA_AGENT_DEVICE_DIR \
+                        OTA_BOOT_ENV_STORAGE OTA_BOOT_MOUNT OTA_BOOT_ENV_FILE"
 do_compile[vardepsexclude] += "${OTA_PATH_VARS} ${OTA_SECRET_ENV_VARS} BB_ORIGENV"
 do_compile[file-checksums] += "${OTA_CONFIG_CHECKSUMS}"
 
