@@ -353,19 +353,25 @@ def new_slot_boots_with_its_own_state(conf: Path, record: Dict[str, Any]) -> Non
     installed.write_text(json.dumps(record))
 
 
+def updated_into_a_slot_with_its_own_state(server, partner, keys, tmp_path, device: str, tag: bytes):
+    """An A/B install on a simulated device, the reboot into b, and b's own empty state (the caller's
+    device config path and the image's versionNumber)."""
+    key = keys["ed25519"]
+    published = publish_with_seed_tools(partner, key["private"], raw_image(tag))
+    conf = make_device(tmp_path, server.url, partner.device(device), key["public"], device_id=device,
+                       device_type=partner.device_type)
+    deploy(partner, device, published["imageId"])
+    assert agent_for(conf).check_once().state == "pending-reboot"
+    assert reboot(conf) == "b"
+    new_slot_boots_with_its_own_state(conf, published["record"])
+    return conf, int(published["record"]["versionNumber"])
+
+
 def test_new_slot_with_a_state_directory_of_its_own_commits_from_the_boot_environment(server, partner, keys,
                                                                                          tmp_path, caplog):
     """The state directory is in each slot (/var/lib/ota-agent of each rootfs): the agent in the new slot
     has no record of the install, and the shared boot environment says it runs the uncommitted new slot."""
-    key = keys["ed25519"]
-    published = publish_with_seed_tools(partner, key["private"], raw_image(b"OWNSTATE"))
-    vn = int(published["record"]["versionNumber"])
-    conf = make_device(tmp_path, server.url, partner.device("dev-os"), key["public"], device_id="dev-os",
-                       device_type=partner.device_type)
-    deploy(partner, "dev-os", published["imageId"])
-    assert agent_for(conf).check_once().state == "pending-reboot"
-    assert reboot(conf) == "b"
-    new_slot_boots_with_its_own_state(conf, published["record"])
+    conf, vn = updated_into_a_slot_with_its_own_state(server, partner, keys, tmp_path, "dev-os", b"OWNSTATE")
     caplog.set_level(logging.INFO)
     outcome = agent_for(conf).check_once()
     assert outcome.state == "installed" and outcome.version_number == vn, outcome
@@ -378,15 +384,7 @@ def test_new_slot_with_a_state_directory_of_its_own_commits_from_the_boot_enviro
 
 
 def test_new_slot_with_its_own_state_that_fails_its_health_check_rolls_back(server, partner, keys, tmp_path):
-    key = keys["ed25519"]
-    published = publish_with_seed_tools(partner, key["private"], raw_image(b"OWNBROKEN"))
-    vn = int(published["record"]["versionNumber"])
-    conf = make_device(tmp_path, server.url, partner.device("dev-ob"), key["public"], device_id="dev-ob",
-                       device_type=partner.device_type)
-    deploy(partner, "dev-ob", published["imageId"])
-    assert agent_for(conf).check_once().state == "pending-reboot"
-    assert reboot(conf) == "b"
-    new_slot_boots_with_its_own_state(conf, published["record"])
+    conf, vn = updated_into_a_slot_with_its_own_state(server, partner, keys, tmp_path, "dev-ob", b"OWNBROKEN")
     broken = json.loads(conf.read_text())
     broken["healthCheck"] = ["sh", "-c", "echo 'app did not start' >&2; exit 1"]
     conf.write_text(json.dumps(broken))                     # the new image's agent configuration
