@@ -7,7 +7,8 @@ in its dynamic mode, ``-d``), on the same machine in the same run. Clients are l
 
 Ours runs as ``ota-build serve`` runs it (``CoapServers``: ``--coap-workers`` processes on one port), once per
 ``--workers`` value. Prints MiB/s for each and the ratio (target: ours >= 0.5x libcoap's), and each server's CPU
-time per block (user + system, from /proc: what load from other processes cannot inflate much).
+time per block (user + system, from /proc: what load from other processes cannot inflate much) and peak RSS (the
+largest VmHWM among the server's processes: ours keeps a bounded block cache, so it must not grow with the slot).
 Needs ``apt-get install libcoap3-bin``.
 """
 
@@ -74,6 +75,19 @@ def _children(pid: int) -> List[int]:
     return found + [g for c in found for g in _children(c)]
 
 
+def _peak_rss_mib(pid: int) -> float:
+    """The largest peak resident set (VmHWM) among a process and its descendants, in MiB."""
+    peak = 0
+    for p in [pid] + _children(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except OSError:
+            continue
+    return peak / 1024
+
+
 def _round(client: str, uri: str, clients: int, expected: bytes, workdir: Path) -> float:
     """Seconds for ``clients`` concurrent downloads of ``uri``; every download is checked byte-exact."""
     outs = [workdir / f"out{i}" for i in range(clients)]
@@ -135,6 +149,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     before = _cpu_seconds(proc.pid)
                     times[name].append(_round(client, uri, args.clients, data, work))
                     cpu[name].append(_cpu_seconds(proc.pid) - before)
+            rss = {name: _peak_rss_mib(proc.pid) for name, (proc, _) in servers.items()}
         finally:
             for proc, _ in servers.values():
                 proc.terminate()
@@ -145,8 +160,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     log.info("%d clients x %.1f MiB, best of %d (Block2, 1024-byte blocks, coap-client)", args.clients, args.size_mib,
              args.repeat)
     for name in servers:
-        log.info("  %-9s %6.2f s  %6.2f MiB/s  server CPU %5.1f us/block  (rounds: %s)", name, best[name],
-                 mib / best[name], 1e6 * min(cpu[name]) / blocks, ", ".join(f"{t:.2f}" for t in times[name]))
+        log.info("  %-9s %6.2f s  %6.2f MiB/s  server CPU %5.1f us/block  peak RSS %5.1f MiB  (rounds: %s)", name,
+                 best[name], mib / best[name], 1e6 * min(cpu[name]) / blocks, rss[name],
+                 ", ".join(f"{t:.2f}" for t in times[name]))
     for name in servers:
         if name != "libcoap":
             log.info("  ratio %s/libcoap throughput: %.2f (target >= 0.5)", name, best["libcoap"] / best[name])

@@ -283,6 +283,141 @@ def test_republish_replaces_atomically(site: Site, published: Dict[str, bytes], 
     assert len(list((site.srv.data_dir / "coap" / ".v").glob("version_r.*"))) == 1
 
 
+# --------------------------------------------------------------------------- the message layer (decision 82)
+
+def _exchange(port: int, datagram: bytes, timeout: float = 2.0) -> Any:
+    """Send one datagram to the CoAP server; its answer decoded by aiocoap, or None if none came."""
+    import socket
+
+    from aiocoap import Message
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(datagram, ("127.0.0.1", port))
+        try:
+            return Message.decode(sock.recv(65536))
+        except socket.timeout:
+            return None
+
+
+def _request(mtype: Any, mid: int, path: str = "", block: Any = None, code: Any = None, extra: Any = None) -> bytes:
+    from aiocoap import GET, Message
+    from aiocoap.optiontypes import BlockOption
+
+    msg = Message(code=GET if code is None else code, uri_path=[p for p in path.split("/") if p])
+    msg.mtype, msg.mid, msg.token = mtype, mid, mid.to_bytes(2, "big") + b"tk"
+    if block is not None:
+        msg.opt.block2 = BlockOption.BlockwiseTuple(block, False, 6)
+    if extra is not None:
+        msg.opt.add_option(extra)
+    return bytes(msg.encode())
+
+
+def test_confirmable_gets_a_piggybacked_ack_and_duplicates_the_same_answer(site: Site, published: Dict[str, bytes]) -> None:
+    from aiocoap import ACK, CON, CONTENT
+
+    datagram = _request(CON, 4242, "version_1/slot1", block=3)
+    first, again = _exchange(site.coap_port, datagram), _exchange(site.coap_port, datagram)
+    for answer in (first, again):
+        assert answer.mtype == ACK and answer.mid == 4242 and answer.token == (4242).to_bytes(2, "big") + b"tk"
+        assert answer.code == CONTENT and answer.payload == published["slot1"][3 * 1024:4 * 1024]
+        assert answer.opt.block2.block_number == 3 and answer.opt.block2.more
+
+
+def test_non_confirmable_gets_a_non_answer(site: Site, published: Dict[str, bytes]) -> None:
+    from aiocoap import CONTENT, NON
+
+    answer = _exchange(site.coap_port, _request(NON, 7, "version_1/manifest"))
+    assert answer.mtype == NON and answer.token == (7).to_bytes(2, "big") + b"tk" and answer.code == CONTENT
+    assert answer.payload == published["manifest"]
+
+
+def test_ping_gets_a_reset_and_garbage_no_answer(site: Site, published: Dict[str, bytes]) -> None:
+    from aiocoap import CON, EMPTY, RST, Message
+
+    ping = Message(code=EMPTY)
+    ping.mtype, ping.mid, ping.token = CON, 99, b""
+    answer = _exchange(site.coap_port, ping.encode())
+    assert answer is not None and answer.mtype == RST and answer.mid == 99
+    assert _exchange(site.coap_port, b"\xff\x01", timeout=0.5) is None  # CoAP version 3: dropped
+    assert _exchange(site.coap_port, _request(CON, 100, "version_1/manifest")).payload == published["manifest"]
+
+
+def test_unknown_critical_option_is_402_and_other_methods_405(site: Site, published: Dict[str, bytes]) -> None:
+    from aiocoap import BAD_OPTION, CON, METHOD_NOT_ALLOWED, POST
+    from aiocoap.optiontypes import OpaqueOption
+
+    answer = _exchange(site.coap_port, _request(CON, 5, "version_1/slot0", block=0, extra=OpaqueOption(65001, b"x")))
+    assert answer.code == BAD_OPTION and b"65001" in answer.payload
+    answer = _exchange(site.coap_port, _request(CON, 6, "version_1/slot0", code=POST))
+    assert answer.code == METHOD_NOT_ALLOWED
+
+
+def test_a_republished_file_is_served_at_once_though_its_blocks_were_cached(site: Site) -> None:
+    from aiocoap import CON
+
+    def publish(fill: bytes) -> None:
+        files = {"manifest": b"m", "slot0": fill * 4096, "slot1": b"s"}
+        assert site.post("/publish", data={"publish_id": "cached"}, files={k: (k, v) for k, v in files.items()}).ok
+
+    publish(b"A")
+    assert _exchange(site.coap_port, _request(CON, 1, "cached/slot0", block=2)).payload == b"A" * 1024
+    assert _exchange(site.coap_port, _request(CON, 2, "cached/slot0", block=2)).payload == b"A" * 1024  # cached
+    publish(b"B")
+    assert _exchange(site.coap_port, _request(CON, 3, "cached/slot0", block=2)).payload == b"B" * 1024
+
+
+def test_the_block_cache_is_bounded(tmp_path: Path) -> None:
+    from aiocoap import CON
+
+    from ota_build.server.coap import PublicationResource, StatelessGetServer
+    from ota_build.server.publications import Publications
+
+    publications = Publications(str(tmp_path))
+    data = os.urandom(40 * 1024)
+    publications.publish("bounded", "p", {"manifest": [b"m"], "slot0": [data], "slot1": [b"s"]})
+    server = StatelessGetServer(PublicationResource(publications), cache_blocks=8)
+    from aiocoap import Message
+
+    for n in range(40):
+        answer = Message.decode(server.answer(_request(CON, n, "bounded/slot0", block=n)))
+        assert answer.payload == data[n * 1024:(n + 1) * 1024]
+        assert len(server._cache) <= 8
+
+
+def _ipv6_sockets() -> bool:
+    import socket
+
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(COAP_CLIENT is None, reason="libcoap's coap-client is not installed (apt-get install libcoap3-bin)")
+@pytest.mark.skipif(not _ipv6_sockets(), reason="aiocoap's udp6 transport needs IPv6 sockets (dual-stack)")
+def test_a_wildcard_bind_serves_through_aiocoap(tmp_path: Path) -> None:
+    """``--coap-host 0.0.0.0`` (every address): aiocoap's udp6 transport, which answers from the address asked."""
+    port = free_udp_port()
+    srv = start_server(tmp_path / "data", None, extra=["--coap-port", str(port), "--coap-host", "0.0.0.0"])
+    try:
+        pid = "p-" + uuid.uuid4().hex[:10]
+        srv.admin("partner", "--username", f"{pid}@example.com", "--partner-id", pid)
+        token = srv.admin("api-token", "--partner", pid)["token"]
+        slot = os.urandom(5000)
+        resp = requests.post(srv.url + "/publish", auth=("token", token), data={"publish_id": "any"}, timeout=60,
+                             files={"manifest": ("m", b"m"), "slot0": ("s0", slot), "slot1": ("s1", b"s1")})
+        assert resp.status_code == 200, resp.text
+        out = tmp_path / "out"
+        proc = subprocess.run([str(COAP_CLIENT), "-m", "get", "-o", str(out), f"coap://127.0.0.1:{port}/any/slot0"],
+                              capture_output=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert out.read_bytes() == slot
+    finally:
+        stop_server(srv)
+
+
 # --------------------------------------------------------------------------- ota-build publish / suit
 
 def _run(*args: str, env: Any = None) -> subprocess.CompletedProcess:

@@ -9,7 +9,8 @@ client that sends notifications.
 
 ``ota-build serve`` runs the server in processes of its own (``CoapServers``, ``--coap-workers``), not in
 uvicorn's: its workers do not each bind the UDP port, and the CoAP server shares no GIL or garbage collector
-with the HTTP server.
+with the HTTP server. Bound to one address, a worker answers with ``StatelessGetServer`` (aiocoap's message codec,
+no per-exchange state, a bounded block cache: decision 82); on a wildcard, with aiocoap's own server stack.
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ import gc
 import logging
 import os
 import signal
+import socket
 import stat
-from typing import Any, Dict, List, Sequence
+import struct
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ota_build.server.publications import PARTS, Publications
 
 log = logging.getLogger(__name__)
 
 MAX_SZX = 6  # 1024-byte blocks, the largest a UDP block may be (szx 7 is BERT, TCP only)
+URI_PATH, BLOCK2 = 11, 23  # option numbers (RFC 7252, RFC 7959)
 CT_LINK_FORMAT = 40
 CT_OCTET_STREAM = 42
 
@@ -64,6 +68,7 @@ class PublicationResource:
         self.publications = publications
         self.resource = _Root()
         self._message, self._code, self._block = Message, Code, BlockOption.BlockwiseTuple
+        self._paths: Dict[Tuple[str, str], str] = {}
 
     def render(self, request: Any) -> Any:
         """The response to one request."""
@@ -76,34 +81,58 @@ class PublicationResource:
             resp.opt.content_format = CT_LINK_FORMAT
             return resp
         file_path = self.publications.file_name(path[0], path[1]) if len(path) == 2 else None
-        resp = self._file(request, file_path) if file_path is not None else None
+        resp = self._file(request, file_path)[0] if file_path is not None else None
         if resp is None:
             return Message(code=Code.NOT_FOUND, payload=f"File {'/'.join(path)} not found on server".encode())
         return resp
 
-    def _file(self, request: Any, file_path: str) -> Any:
-        """The block the request asks for (the whole file when it fits one block), or None if there is no such
-        file. One open, fstat and pread per block: nothing is cached, so a republish is seen at once."""
+    def block_key(self, request: Any, path: Sequence[str], block: Any) -> Optional[Tuple[Any, ...]]:
+        """For a GET of a published file (Uri-Path ``path``, Block2 ``block`` or None), what names the bytes of its
+        response: the file's path and identity (device, inode, modification time, size: one ``stat`` through the
+        publication's link, so a republish, which swaps the link, changes it) and the block asked for; None for any
+        other request."""
+        if request.code != self._code.GET or len(path) != 2:
+            return None
+        names = (path[0], path[1])
+        file_path = self._paths.get(names)
+        if file_path is None:
+            file_path = self.publications.file_name(*names)
+            if file_path is None:
+                return None
+            if len(self._paths) >= 1024:  # valid names only, and a bounded number of them
+                self._paths.clear()
+            self._paths[names] = file_path
+        try:
+            st = os.stat(file_path)
+        except OSError:
+            return None
+        block = (block.block_number, block.size_exponent) if block is not None else None
+        return (file_path, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size), block)
+
+    def _file(self, request: Any, file_path: str) -> Tuple[Any, Optional[Tuple[int, int, int, int]]]:
+        """The block the request asks for (the whole file when it fits one block) and the identity of the file read
+        (as in ``block_key``), or (None, None) if there is no such file. One open, fstat and pread per block."""
         Message, Code = self._message, self._code
         try:
             fd = os.open(file_path, os.O_RDONLY)
         except OSError:
-            return None
+            return None, None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                return None
+                return None, None
+            identity = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
             total = st.st_size
             block2 = request.opt.block2
             if block2 is None and total <= 1 << (MAX_SZX + 4):
                 resp = Message(code=Code.CONTENT, payload=os.pread(fd, total, 0))
                 resp.opt.content_format = CT_OCTET_STREAM
-                return resp
+                return resp, identity
             number, szx = (block2.block_number, min(block2.size_exponent, MAX_SZX)) if block2 else (0, MAX_SZX)
             size = 1 << (szx + 4)
             offset = number * size
             if offset >= total and not (offset == 0 and total == 0):
-                return Message(code=Code.BAD_OPTION, payload=b"Block2 beyond the end of the resource")
+                return Message(code=Code.BAD_OPTION, payload=b"Block2 beyond the end of the resource"), identity
             chunk = os.pread(fd, size, offset)
         finally:
             os.close(fd)
@@ -112,7 +141,108 @@ class PublicationResource:
         resp.opt.block2 = self._block(number, offset + len(chunk) < total, szx)
         if number == 0:
             resp.opt.size2 = total
-        return resp
+        return resp, identity
+
+    def render_block(self, request: Any) -> Tuple[Any, Optional[Tuple[Any, ...]]]:
+        """The response to one request, and the ``block_key`` under which it may be reused (None when it may not:
+        anything but a block of a file, or a file replaced between the ``stat`` and the read)."""
+        key = self.block_key(request, request.opt.uri_path, request.opt.block2)
+        if key is None:
+            return self.render(request), None
+        resp, identity = self._file(request, key[0])
+        if resp is None:
+            return self.render(request), None
+        return resp, (key if identity == key[1] else None)
+
+
+class StatelessGetServer:
+    """The CoAP message layer for a site that serves only GET on files, without aiocoap's per-exchange state.
+
+    Messages are decoded and encoded by aiocoap (``Message.decode``/``encode``); the responses come from
+    ``PublicationResource`` (the same answers as through aiocoap's stack). This class is the message layer of
+    RFC 7252 section 4 for such a server:
+
+    * a Confirmable request gets its response piggybacked on the ACK (same Message ID and token); a
+      Non-confirmable one a NON response with a Message ID of ours;
+    * an empty Confirmable message (a CoAP ping) gets a Reset; a Confirmable message that is no request gets a
+      Reset; ACKs, Resets and anything unparsable are dropped (aiocoap drops unparsable datagrams too);
+    * a request with a critical option this site does not process gets 4.02 (section 5.4.1);
+    * duplicates are answered again rather than from a per-exchange cache: every request served here is a GET,
+      which section 4.5 lets a server process again. aiocoap keeps each response for EXCHANGE_LIFETIME (247 s)
+      instead, which was most of its CPU per block (decision 82).
+
+    Blocks of files are kept in a bounded cache (``cache_blocks`` responses, about 1.1 KiB each, oldest out) keyed by the file's
+    identity from a ``stat`` per request: 20 devices fetching one slot read it from disk once, and a republished
+    file (renamed into place: a new identity) is served at once.
+    """
+
+    #: critical options processed here (Uri-Host 3, Uri-Port 7, Uri-Path 11, Uri-Query 15, Block2 23); any
+    #: other odd-numbered option is refused with 4.02
+    PROCESSED_CRITICAL = frozenset({3, 7, URI_PATH, 15, BLOCK2})
+
+    def __init__(self, site: PublicationResource, cache_blocks: int = 4096):
+        from aiocoap import ACK, CON, NON, RST, Code, Message
+        from aiocoap.error import UnparsableMessage
+
+        self.site, self.cache_blocks = site, cache_blocks
+        self._cache: Dict[Tuple[Any, ...], Any] = {}
+        self._message, self._code, self._unparsable = Message, Code, UnparsableMessage
+        self._con, self._non, self._ack, self._rst = CON, NON, ACK, RST
+        self._mid = int.from_bytes(os.urandom(2), "big")
+
+    def answer(self, data: bytes) -> Optional[bytes]:
+        """The datagram that answers ``data``, or None when it gets no answer."""
+        try:
+            request = self._message.decode(data)
+        except self._unparsable:
+            log.debug("CoAP: dropping an unparsable datagram")
+            return None
+        mtype = request.mtype
+        if mtype is self._ack or mtype is self._rst:
+            return None
+        code = request.code
+        if code == self._code.EMPTY or not code.is_request():
+            if mtype is self._con:
+                return self._encode(self._message(code=self._code.EMPTY), self._rst, request.mid, b"")
+            return None
+        try:
+            response = self._respond(request)
+        except Exception:  # noqa: BLE001 - one request's failure must not end the server
+            log.exception("CoAP: answering %s failed", "/".join(request.opt.uri_path))
+            response = self._message(code=self._code.INTERNAL_SERVER_ERROR)
+        if mtype is self._con:
+            return self._encode(response, self._ack, request.mid, request.token)
+        self._mid = (self._mid + 1) & 0xFFFF
+        return self._encode(response, self._non, self._mid, request.token)
+
+    def _respond(self, request: Any) -> Any:
+        path: List[str] = []
+        block = None
+        for option in request.opt.option_list():  # one pass: the path, the block, no unknown critical option
+            number = option.number
+            if number == URI_PATH:
+                path.append(option.value)
+            elif number == BLOCK2:
+                block = option.value
+            elif number & 1 and number not in self.PROCESSED_CRITICAL:
+                return self._message(code=self._code.BAD_OPTION,
+                                     payload=f"critical option {int(number)} is not supported".encode())
+        key = self.site.block_key(request, path, block)
+        if key is not None:
+            cached = self._cache.get(key)
+            if cached is not None:
+                return cached
+        response, key = self.site.render_block(request)
+        if key is not None and self.cache_blocks > 0:
+            if len(self._cache) >= self.cache_blocks:
+                del self._cache[next(iter(self._cache))]  # the oldest: clients of one file move through it together
+            self._cache[key] = response
+        return response
+
+    @staticmethod
+    def _encode(message: Any, mtype: Any, mid: int, token: bytes) -> bytes:
+        message.mtype, message.mid, message.token = mtype, mid, token
+        return message.encode()  # type: ignore[no-any-return]
 
 
 def server_transports(host: str) -> List[str]:
@@ -121,26 +251,54 @@ def server_transports(host: str) -> List[str]:
     return ["udp6"] if host in ("", "::", "0.0.0.0") else ["simplesocketserver"]
 
 
+def is_wildcard(host: str) -> bool:
+    """Whether ``host`` binds every address (then replies must come from the address each request was sent to)."""
+    return host in ("", "::", "0.0.0.0")
+
+
 async def start_server(publications: Publications, host: str, port: int) -> Any:
-    """An aiocoap server context on UDP (host, port) serving ``publications``."""
+    """An aiocoap server context on UDP (host, port) serving ``publications`` (used for wildcard binds)."""
     aiocoap = _aiocoap()
     root = PublicationResource(publications)
     return await aiocoap.Context.create_server_context(root.resource, bind=(host, port),
                                                        transports=server_transports(host))
 
 
-def _event_loop(host: str) -> asyncio.AbstractEventLoop:
-    """uvloop for the single-address transport when installed (about a fifth less CPU per block, measured), else the
-    standard loop. ``udp6`` (wildcard binds) keeps the standard loop: it reads ancillary data and ICMP errors
-    from its socket itself, and aiocoap's UDP client lost answers on uvloop (``notify_devices_blocking``)."""
-    if server_transports(host) == ["simplesocketserver"]:
-        try:
-            import uvloop
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A UDP socket bound to (host, port) with SO_REUSEPORT (workers share the port; the kernel keeps each client
+    on one of them), whose blocking reads return every second (SO_RCVTIMEO) so the loop can look around."""
+    family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 1, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
-            return uvloop.new_event_loop()  # type: ignore[no-any-return]
-        except ImportError:
-            pass
-    return asyncio.new_event_loop()
+
+def serve_socket(sock: socket.socket, server: StatelessGetServer, keep_going: Any) -> None:
+    """Answer datagrams on ``sock`` while ``keep_going()`` (asked every second when idle) is true: one blocking
+    ``recvfrom`` and at most one ``sendto`` per request, nothing else (no event loop: this process serves one
+    socket). A send error (the client's route is gone) is logged and the next datagram served."""
+    buffer = bytearray(65536)  # the largest UDP payload: a datagram is never cut short
+    view = memoryview(buffer)
+    recv, send = sock.recvfrom_into, sock.sendto
+    while True:
+        try:
+            size, addr = recv(buffer)
+        except (BlockingIOError, InterruptedError):  # SO_RCVTIMEO ran out
+            if not keep_going():
+                return
+            continue
+        reply = server.answer(bytes(view[:size]))
+        if reply is not None:
+            try:
+                send(reply, addr)
+            except OSError as exc:
+                log.debug("CoAP: cannot answer %s: %s", addr, exc)
 
 
 #: garbage-collector thresholds of a CoAP worker process. aiocoap keeps every response of a confirmable request
@@ -150,24 +308,40 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def serve_process(data_dir: str, host: str, port: int, ready: Any) -> None:
-    """Body of one CoAP worker process: bind (SO_REUSEPORT: aiocoap sets it, so workers share the port and the
-    kernel keeps each client on one of them), tell ``ready`` ("ok" or the error), serve until the parent is gone.
+    """Body of one CoAP worker process: bind, tell ``ready`` ("ok" or the error), serve until the parent is gone.
+
+    One address: ``StatelessGetServer`` in a blocking loop on its own SO_REUSEPORT socket. A wildcard: aiocoap's
+    ``udp6`` transport (it answers from the address each request was sent to), on an event loop.
 
     Ctrl-C reaches the whole process group: the worker ignores SIGINT and ends with its parent (``CoapServers``
     terminates it, and it checks every second that its parent still runs)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
-    loop = _event_loop(host)
+    publications = Publications(data_dir)
+    if not is_wildcard(host):
+        try:
+            sock = bind_socket(host, port)
+        except OSError as exc:
+            ready.send(f"{type(exc).__name__}: {exc}")
+            return
+        ready.send("ok")
+        ready.close()
+        gc.collect()
+        gc.freeze()  # the imported modules' objects are never garbage: out of every later collection
+        with sock:
+            serve_socket(sock, StatelessGetServer(PublicationResource(publications)), lambda: os.getppid() == parent)
+        return
+    loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        context = loop.run_until_complete(start_server(Publications(data_dir), host, port))
+        context = loop.run_until_complete(start_server(publications, host, port))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which prints one line
         ready.send(f"{type(exc).__name__}: {exc}")
         return
     ready.send("ok")
     ready.close()
     gc.collect()
-    gc.freeze()  # the imported modules' objects are never garbage: out of every later collection
+    gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
     def watch() -> None:

@@ -22,7 +22,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 
 from ota_build.core.files import fsync_dir
 from ota_build.core.names import check_name
-from ota_build.server.services import Kind, ServiceError
+from ota_build.server.errors import Kind, ServiceError
 
 log = logging.getLogger(__name__)
 

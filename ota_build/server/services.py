@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import enum
 import fcntl
 import json
 import logging
@@ -33,6 +32,7 @@ from ota_build.server import auth
 from ota_build.server.models import (Binary, Deployment, Device, DeviceType, FirmwareImage, OtaRecord, Package, PackageOwner,
                                      Partner, PartnerKey, Token, UploadSession, utcnow)
 from ota_build.server.storage import Storage, TooLarge, discard, verify_image
+from ota_build.server.errors import Kind as Kind, ServiceError as ServiceError  # their home is errors.py
 
 log = logging.getLogger(__name__)
 
@@ -42,27 +42,6 @@ UPLOAD_SESSION_HOURS = 24  # an unfinished resumable upload (and its .part file)
 CREATE_ATTEMPTS = 10  # versionNumber assignment retries when concurrent creates collide
 REQUIRED_KEYS = ("package", "version", "branch", "local", "remote", "sha256", "BeforeUpdate", "AfterUpdate",
                  "dependencies")
-
-
-class Kind(str, enum.Enum):
-    """What went wrong, without HTTP (the routers map each kind to a status code)."""
-
-    INVALID = "invalid"
-    FORBIDDEN = "forbidden"
-    NOT_FOUND = "not_found"
-    CONFLICT = "conflict"
-    TOO_LARGE = "too_large"
-    TOO_MANY = "too_many"
-
-
-class ServiceError(Exception):
-    """A refused request: ``kind``, a one-line ``message`` and optional ``details`` for the answer."""
-
-    def __init__(self, kind: Kind, message: str, **details: Any):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.details = details
 
 
 def _not_found(message: str) -> ServiceError:
