@@ -173,9 +173,30 @@ def test_coap_workers_share_the_port_and_end_with_the_server(tmp_path: Path) -> 
         assert all(o.read_bytes() == slot for o in outs)
         os.kill(srv.proc.pid, 9)  # the server alone, as an OOM kill would: its workers notice and exit
         srv.proc.wait(10)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_running(w) for w in workers):
-            time.sleep(0.2)
+        stop = threading.Event()
+
+        def traffic() -> None:  # datagrams keep coming: the workers must look at their parent anyway
+            import socket
+
+            socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]  # 8 source ports: both
+            try:                                                                      # workers get some
+                while not stop.is_set():
+                    for sock in socks:
+                        sock.sendto(bytes.fromhex("40000000"), ("127.0.0.1", port))  # a ping: a Reset each
+                    time.sleep(0.05)
+            finally:
+                for sock in socks:
+                    sock.close()
+
+        sender = threading.Thread(target=traffic, daemon=True)
+        sender.start()
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and any(_running(w) for w in workers):
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            sender.join(5)
         alive = [w for w in workers if _running(w)]
         assert not alive, f"CoAP workers {alive} outlived the server"
     finally:
@@ -283,17 +304,27 @@ def test_republish_replaces_atomically(site: Site, published: Dict[str, bytes], 
     assert len(list((site.srv.data_dir / "coap" / ".v").glob("version_r.*"))) == 1
 
 
+def _ipv6_sockets() -> bool:
+    import socket
+
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()
+        return True
+    except OSError:
+        return False
+
+
 # --------------------------------------------------------------------------- the message layer (decision 82)
 
-def _exchange(port: int, datagram: bytes, timeout: float = 2.0) -> Any:
+def _exchange(port: int, datagram: bytes, timeout: float = 2.0, host: str = "127.0.0.1") -> Any:
     """Send one datagram to the CoAP server; its answer decoded by aiocoap, or None if none came."""
     import socket
 
     from aiocoap import Message
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
-        sock.sendto(datagram, ("127.0.0.1", port))
+        sock.sendto(datagram, (host, port))
         try:
             return Message.decode(sock.recv(65536))
         except socket.timeout:
@@ -353,6 +384,57 @@ def test_unknown_critical_option_is_402_and_other_methods_405(site: Site, publis
     assert answer.code == METHOD_NOT_ALLOWED
 
 
+def test_a_datagram_aiocoap_cannot_decode_does_not_end_the_worker(site: Site, published: Dict[str, bytes]) -> None:
+    from aiocoap import CON
+
+    assert _exchange(site.coap_port, bytes.fromhex("40010001b2fffe"), timeout=0.5) is None  # Uri-Path not UTF-8
+    assert _exchange(site.coap_port, _request(CON, 8, "version_1/manifest")).payload == published["manifest"]
+
+
+def test_acks_resets_and_responses_are_not_requests(site: Site, published: Dict[str, bytes]) -> None:
+    from aiocoap import ACK, CON, CONTENT, NON, RST
+
+    for mtype in (ACK, RST):
+        assert _exchange(site.coap_port, _request(mtype, 9, "version_1/manifest"), timeout=0.5) is None
+    answer = _exchange(site.coap_port, _request(CON, 10, "version_1/manifest", code=CONTENT))
+    assert answer.mtype == RST and answer.mid == 10
+    assert _exchange(site.coap_port, _request(NON, 11, "version_1/manifest", code=CONTENT), timeout=0.5) is None
+    mids = {_exchange(site.coap_port, _request(NON, 12, "version_1/manifest")).mid for _ in range(3)}
+    assert len(mids) == 3  # each NON response has a Message ID of its own
+
+
+def test_accept_proxy_and_repeated_block2(site: Site, published: Dict[str, bytes]) -> None:
+    from aiocoap import BAD_OPTION, CON, CONTENT, NOT_ACCEPTABLE, PROXYING_NOT_SUPPORTED
+    from aiocoap.optiontypes import BlockOption, StringOption, UintOption
+
+    answer = _exchange(site.coap_port, _request(CON, 13, "version_1/manifest", extra=UintOption(17, 42)))
+    assert answer.code == CONTENT and answer.payload == published["manifest"]
+    answer = _exchange(site.coap_port, _request(CON, 14, ".well-known/core", extra=UintOption(17, 40)))
+    assert answer.code == CONTENT and b"version_1" in answer.payload
+    answer = _exchange(site.coap_port, _request(CON, 15, "version_1/manifest", extra=UintOption(17, 50)))
+    assert answer.code == NOT_ACCEPTABLE
+    answer = _exchange(site.coap_port, _request(CON, 16, "", extra=StringOption(35, "coap://example.com/x")))
+    assert answer.code == PROXYING_NOT_SUPPORTED
+    second = BlockOption(23)
+    second.value = BlockOption.BlockwiseTuple(1, False, 6)
+    answer = _exchange(site.coap_port, _request(CON, 17, "version_1/slot0", block=0, extra=second))
+    assert answer.code == BAD_OPTION and b"Block2" in answer.payload
+
+
+def test_every_block_of_a_file_carries_its_etag(site: Site) -> None:
+    from aiocoap import CON
+
+    def publish(fill: bytes) -> None:
+        files = {"manifest": b"m", "slot0": fill * 4096, "slot1": b"s"}
+        assert site.post("/publish", data={"publish_id": "etag"}, files={k: (k, v) for k, v in files.items()}).ok
+
+    publish(b"A")
+    tags = {bytes(_exchange(site.coap_port, _request(CON, n, "etag/slot0", block=n)).opt.etag) for n in range(4)}
+    assert len(tags) == 1 and len(next(iter(tags))) == 8
+    publish(b"B")
+    assert bytes(_exchange(site.coap_port, _request(CON, 30, "etag/slot0", block=0)).opt.etag) not in tags
+
+
 def test_a_republished_file_is_served_at_once_though_its_blocks_were_cached(site: Site) -> None:
     from aiocoap import CON
 
@@ -365,6 +447,49 @@ def test_a_republished_file_is_served_at_once_though_its_blocks_were_cached(site
     assert _exchange(site.coap_port, _request(CON, 2, "cached/slot0", block=2)).payload == b"A" * 1024  # cached
     publish(b"B")
     assert _exchange(site.coap_port, _request(CON, 3, "cached/slot0", block=2)).payload == b"B" * 1024
+
+
+def test_cached_blocks_are_not_read_again(tmp_path: Path) -> None:
+    """The cache is used: a block answered once is answered from memory while the file's identity (device, inode,
+    mtime, size) is unchanged, even if its bytes were changed in place behind the server's back (publications are
+    never changed in place: a republish swaps a link, a new identity)."""
+    from aiocoap import CON, Message
+
+    from ota_build.server.coap import PublicationResource, StatelessGetServer
+    from ota_build.server.publications import Publications
+
+    publications = Publications(str(tmp_path))
+    publications.publish("inplace", "p", {"manifest": [b"m"], "slot0": [b"A" * 4096], "slot1": [b"s"]})
+    server = StatelessGetServer(PublicationResource(publications))
+    assert Message.decode(server.answer(_request(CON, 1, "inplace/slot0", block=1))).payload == b"A" * 1024
+    path = publications.file_name("inplace", "slot0")
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(b"B" * 4096)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert Message.decode(server.answer(_request(CON, 2, "inplace/slot0", block=1))).payload == b"A" * 1024
+    assert Message.decode(server.answer(_request(CON, 3, "inplace/slot0", block=2))).payload == b"B" * 1024
+    uncached = StatelessGetServer(PublicationResource(publications), cache_blocks=0)
+    assert Message.decode(uncached.answer(_request(CON, 4, "inplace/slot0", block=1))).payload == b"B" * 1024
+
+
+@pytest.mark.skipif(not _ipv6_sockets(), reason="no IPv6 sockets on this machine")
+def test_a_worker_serves_on_ipv6_loopback_and_reports_a_bad_host_in_one_line(tmp_path: Path) -> None:
+    from aiocoap import CON
+
+    from ota_build.server.coap import CoapServers
+    from ota_build.server.publications import Publications
+
+    Publications(str(tmp_path)).publish("six", "p", {"manifest": [b"m6"], "slot0": [b"s"], "slot1": [b"s"]})
+    port = free_udp_port()
+    servers = CoapServers(str(tmp_path), "::1", port, 1)
+    servers.start()
+    try:
+        assert _exchange(port, _request(CON, 1, "six/manifest"), host="::1").payload == b"m6"
+    finally:
+        servers.stop()
+    with pytest.raises(OSError, match="cannot listen on UDP"):
+        CoapServers(str(tmp_path), "x" * 70 + ".invalid", port, 1).start()
 
 
 def test_the_block_cache_is_bounded(tmp_path: Path) -> None:
@@ -383,16 +508,6 @@ def test_the_block_cache_is_bounded(tmp_path: Path) -> None:
         answer = Message.decode(server.answer(_request(CON, n, "bounded/slot0", block=n)))
         assert answer.payload == data[n * 1024:(n + 1) * 1024]
         assert len(server._cache) <= 8
-
-
-def _ipv6_sockets() -> bool:
-    import socket
-
-    try:
-        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.mark.skipif(COAP_CLIENT is None, reason="libcoap's coap-client is not installed (apt-get install libcoap3-bin)")

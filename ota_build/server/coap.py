@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
+import ipaddress
 import logging
 import os
 import signal
 import socket
 import stat
 import struct
+import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ota_build.server.publications import PARTS, Publications
@@ -30,7 +33,8 @@ from ota_build.server.publications import PARTS, Publications
 log = logging.getLogger(__name__)
 
 MAX_SZX = 6  # 1024-byte blocks, the largest a UDP block may be (szx 7 is BERT, TCP only)
-URI_PATH, BLOCK2 = 11, 23  # option numbers (RFC 7252, RFC 7959)
+URI_PATH, ACCEPT, BLOCK2 = 11, 17, 23  # option numbers (RFC 7252, RFC 7959)
+PROXY_OPTIONS = (35, 39)  # Proxy-Uri, Proxy-Scheme
 CT_LINK_FORMAT = 40
 CT_OCTET_STREAM = 42
 
@@ -122,11 +126,13 @@ class PublicationResource:
             if not stat.S_ISREG(st.st_mode):
                 return None, None
             identity = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+            etag = hashlib.blake2b(repr(identity).encode(), digest_size=8).digest()
             total = st.st_size
             block2 = request.opt.block2
             if block2 is None and total <= 1 << (MAX_SZX + 4):
                 resp = Message(code=Code.CONTENT, payload=os.pread(fd, total, 0))
                 resp.opt.content_format = CT_OCTET_STREAM
+                resp.opt.etag = etag
                 return resp, identity
             number, szx = (block2.block_number, min(block2.size_exponent, MAX_SZX)) if block2 else (0, MAX_SZX)
             size = 1 << (szx + 4)
@@ -138,6 +144,7 @@ class PublicationResource:
             os.close(fd)
         resp = Message(code=Code.CONTENT, payload=chunk)
         resp.opt.content_format = CT_OCTET_STREAM
+        resp.opt.etag = etag  # the same on every block of one file, another after a republish (RFC 7959 2.4)
         resp.opt.block2 = self._block(number, offset + len(chunk) < total, szx)
         if number == 0:
             resp.opt.size2 = total
@@ -166,19 +173,22 @@ class StatelessGetServer:
       Non-confirmable one a NON response with a Message ID of ours;
     * an empty Confirmable message (a CoAP ping) gets a Reset; a Confirmable message that is no request gets a
       Reset; ACKs, Resets and anything unparsable are dropped (aiocoap drops unparsable datagrams too);
-    * a request with a critical option this site does not process gets 4.02 (section 5.4.1);
+    * a request with a critical option this site does not process gets 4.02 (section 5.4.1), one for a proxy 5.05,
+      an Accept other than the resource's content-format 4.06;
     * duplicates are answered again rather than from a per-exchange cache: every request served here is a GET,
       which section 4.5 lets a server process again. aiocoap keeps each response for EXCHANGE_LIFETIME (247 s)
       instead, which was most of its CPU per block (decision 82).
 
-    Blocks of files are kept in a bounded cache (``cache_blocks`` responses, about 1.1 KiB each, oldest out) keyed by the file's
-    identity from a ``stat`` per request: 20 devices fetching one slot read it from disk once, and a republished
-    file (renamed into place: a new identity) is served at once.
+    Blocks of files are kept in a bounded cache (``cache_blocks`` responses, about 2.4 KiB each with their objects,
+    oldest out) keyed by the file's identity from a ``stat`` per request: 20 devices fetching one slot read it from
+    disk once, and a republished file (its link swapped: a new identity) is served at once. Each file response
+    carries an ETag from that identity, so a client can tell a republish in the middle of a block-wise transfer.
     """
 
-    #: critical options processed here (Uri-Host 3, Uri-Port 7, Uri-Path 11, Uri-Query 15, Block2 23); any
-    #: other odd-numbered option is refused with 4.02
-    PROCESSED_CRITICAL = frozenset({3, 7, URI_PATH, 15, BLOCK2})
+    #: critical options processed here (Uri-Host 3, Uri-Port 7, Uri-Path 11, Uri-Query 15, Accept 17: 4.06 unless
+    #: it names the resource's content-format, Block2 23); Proxy-Uri and Proxy-Scheme get 5.05, any other
+    #: odd-numbered option 4.02
+    PROCESSED_CRITICAL = frozenset({3, 7, URI_PATH, 15, ACCEPT, BLOCK2})
 
     def __init__(self, site: PublicationResource, cache_blocks: int = 4096):
         from aiocoap import ACK, CON, NON, RST, Code, Message
@@ -194,7 +204,7 @@ class StatelessGetServer:
         """The datagram that answers ``data``, or None when it gets no answer."""
         try:
             request = self._message.decode(data)
-        except self._unparsable:
+        except (self._unparsable, ValueError):  # a text option that is not UTF-8 raises UnicodeDecodeError
             log.debug("CoAP: dropping an unparsable datagram")
             return None
         mtype = request.mtype
@@ -217,27 +227,35 @@ class StatelessGetServer:
 
     def _respond(self, request: Any) -> Any:
         path: List[str] = []
-        block = None
+        block = accept = None
         for option in request.opt.option_list():  # one pass: the path, the block, no unknown critical option
             number = option.number
             if number == URI_PATH:
                 path.append(option.value)
             elif number == BLOCK2:
+                if block is not None:  # not repeatable: an unrecognised option (RFC 7252 5.4.5)
+                    return self._refuse(self._code.BAD_OPTION, "Block2 given twice")
                 block = option.value
+            elif number == ACCEPT:
+                accept = option.value
+            elif number in PROXY_OPTIONS:
+                return self._refuse(self._code.PROXYING_NOT_SUPPORTED, "this server is no proxy")
             elif number & 1 and number not in self.PROCESSED_CRITICAL:
-                return self._message(code=self._code.BAD_OPTION,
-                                     payload=f"critical option {int(number)} is not supported".encode())
+                return self._refuse(self._code.BAD_OPTION, f"critical option {int(number)} is not supported")
         key = self.site.block_key(request, path, block)
-        if key is not None:
-            cached = self._cache.get(key)
-            if cached is not None:
-                return cached
-        response, key = self.site.render_block(request)
-        if key is not None and self.cache_blocks > 0:
-            if len(self._cache) >= self.cache_blocks:
-                del self._cache[next(iter(self._cache))]  # the oldest: clients of one file move through it together
-            self._cache[key] = response
+        response = self._cache.get(key) if key is not None else None
+        if response is None:
+            response, key = self.site.render_block(request)
+            if key is not None and self.cache_blocks > 0:
+                if len(self._cache) >= self.cache_blocks:
+                    del self._cache[next(iter(self._cache))]  # the oldest: clients of a file move through it together
+                self._cache[key] = response
+        if accept is not None and response.code == self._code.CONTENT and response.opt.content_format != accept:
+            return self._refuse(self._code.NOT_ACCEPTABLE, f"this resource is content-format {response.opt.content_format}")
         return response
+
+    def _refuse(self, code: Any, text: str) -> Any:
+        return self._message(code=code, payload=text.encode())
 
     @staticmethod
     def _encode(message: Any, mtype: Any, mid: int, token: bytes) -> bytes:
@@ -253,7 +271,12 @@ def server_transports(host: str) -> List[str]:
 
 def is_wildcard(host: str) -> bool:
     """Whether ``host`` binds every address (then replies must come from the address each request was sent to)."""
-    return host in ("", "::", "0.0.0.0")
+    if host == "":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a name
+        return False
 
 
 async def start_server(publications: Publications, host: str, port: int) -> Any:
@@ -285,15 +308,26 @@ def serve_socket(sock: socket.socket, server: StatelessGetServer, keep_going: An
     socket). A send error (the client's route is gone) is logged and the next datagram served."""
     buffer = bytearray(65536)  # the largest UDP payload: a datagram is never cut short
     view = memoryview(buffer)
-    recv, send = sock.recvfrom_into, sock.sendto
+    recv, send, clock = sock.recvfrom_into, sock.sendto, time.monotonic
+    next_look = clock() + 1.0
     while True:
+        if clock() >= next_look:  # every second, busy or idle
+            if not keep_going():
+                return
+            next_look = clock() + 1.0
         try:
             size, addr = recv(buffer)
         except (BlockingIOError, InterruptedError):  # SO_RCVTIMEO ran out
-            if not keep_going():
-                return
             continue
-        reply = server.answer(bytes(view[:size]))
+        except OSError as exc:  # nothing a datagram can cause; logged, and the loop goes on
+            log.warning("CoAP: receiving failed: %s", exc)
+            time.sleep(0.01)
+            continue
+        try:
+            reply = server.answer(bytes(view[:size]))
+        except Exception:  # noqa: BLE001 - no datagram may end the worker
+            log.exception("CoAP: answering a datagram from %s failed", addr)
+            continue
         if reply is not None:
             try:
                 send(reply, addr)
@@ -321,7 +355,7 @@ def serve_process(data_dir: str, host: str, port: int, ready: Any) -> None:
     if not is_wildcard(host):
         try:
             sock = bind_socket(host, port)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - reported to the parent, which prints one line
             ready.send(f"{type(exc).__name__}: {exc}")
             return
         ready.send("ok")
@@ -377,7 +411,11 @@ class CoapServers:
             proc.start()
             sender.close()
             self.processes.append(proc)
-            answer = receiver.recv() if receiver.poll(timeout) else f"no answer within {timeout:g} s"
+            try:
+                answer = receiver.recv() if receiver.poll(timeout) else f"no answer within {timeout:g} s"
+            except EOFError:  # it died before answering
+                proc.join(5)
+                answer = f"the worker exited (code {proc.exitcode})"
             receiver.close()
             if answer != "ok":
                 self.stop()
