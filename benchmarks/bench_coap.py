@@ -111,6 +111,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="CoAP server processes of ours to measure")
+    ap.add_argument("--bind", default="127.0.0.1",
+                    help="address our server binds (clients use 127.0.0.1): 0.0.0.0 measures the wildcard path, "
+                         "aiocoap's own server stack (default: %(default)s)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     client = _tool("coap-client", "coap-client-notls", "coap-client-openssl")
@@ -128,7 +131,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             code = ("import signal, sys, time\n"
                     "from ota_build.server.coap import CoapServers\n"
                     "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
-                    f"s = CoapServers({str(work / 'data')!r}, '127.0.0.1', {port}, {n})\n"
+                    f"s = CoapServers({str(work / 'data')!r}, {args.bind!r}, {port}, {n})\n"
                     "s.start()\n"
                     "try:\n    time.sleep(1e9)\nfinally:\n    s.stop()\n")
             servers[f"ours x{n}"] = (subprocess.Popen([sys.executable, "-c", code]), f"coap://127.0.0.1:{port}/bench/slot0")

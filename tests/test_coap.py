@@ -492,6 +492,24 @@ def test_a_worker_serves_on_ipv6_loopback_and_reports_a_bad_host_in_one_line(tmp
         CoapServers(str(tmp_path), "x" * 70 + ".invalid", port, 1).start()
 
 
+def test_requests_to_a_multicast_group_are_not_answered() -> None:
+    import socket
+    import struct
+
+    from ota_build.server.coap import _multicast_destination
+
+    def in_pktinfo(dest: str) -> bytes:
+        return struct.pack("i4s4s", 1, socket.inet_aton("192.0.2.1"), socket.inet_aton(dest))
+
+    def in6_pktinfo(dest: str) -> bytes:
+        return socket.inet_pton(socket.AF_INET6, dest) + struct.pack("I", 1)
+
+    assert _multicast_destination(socket.IPPROTO_IP, in_pktinfo("224.0.1.187"))  # All CoAP Nodes
+    assert not _multicast_destination(socket.IPPROTO_IP, in_pktinfo("127.0.0.2"))
+    assert _multicast_destination(socket.IPPROTO_IPV6, in6_pktinfo("ff02::fd"))
+    assert not _multicast_destination(socket.IPPROTO_IPV6, in6_pktinfo("::1"))
+
+
 def test_the_block_cache_is_bounded(tmp_path: Path) -> None:
     from aiocoap import CON
 
@@ -510,27 +528,46 @@ def test_the_block_cache_is_bounded(tmp_path: Path) -> None:
         assert len(server._cache) <= 8
 
 
-@pytest.mark.skipif(COAP_CLIENT is None, reason="libcoap's coap-client is not installed (apt-get install libcoap3-bin)")
-@pytest.mark.skipif(not _ipv6_sockets(), reason="aiocoap's udp6 transport needs IPv6 sockets (dual-stack)")
-def test_a_wildcard_bind_serves_through_aiocoap(tmp_path: Path) -> None:
-    """``--coap-host 0.0.0.0`` (every address): aiocoap's udp6 transport, which answers from the address asked."""
+def _connected_exchange(host: str, port: int, datagram: bytes) -> Any:
+    """Like ``_exchange`` from a connected socket: an answer from any other source address than ``host`` is not
+    received (the kernel drops it), so None means "no answer from the address asked"."""
+    import socket
+
+    from aiocoap import Message
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2.0)
+        sock.connect((host, port))
+        sock.send(datagram)
+        try:
+            return Message.decode(sock.recv(65536))
+        except socket.timeout:
+            return None
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::"])
+def test_a_wildcard_bind_answers_from_the_address_asked(tmp_path: Path, bind: str) -> None:
+    """Linux answers for all of 127/8: a request to 127.0.0.2 must be answered from 127.0.0.2 (the kernel alone
+    would pick 127.0.0.1, which a connected client drops); ``::`` is dual-stack."""
+    from aiocoap import CON
+
+    from ota_build.server.coap import CoapServers
+    from ota_build.server.publications import Publications
+
+    if bind == "::" and not _ipv6_sockets():
+        pytest.skip("no IPv6 sockets on this machine")
+    Publications(str(tmp_path)).publish("any", "p", {"manifest": [b"m"], "slot0": [b"s0" * 1500], "slot1": [b"s"]})
     port = free_udp_port()
-    srv = start_server(tmp_path / "data", None, extra=["--coap-port", str(port), "--coap-host", "0.0.0.0"])
+    servers = CoapServers(str(tmp_path), bind, port, 1)
+    servers.start()
     try:
-        pid = "p-" + uuid.uuid4().hex[:10]
-        srv.admin("partner", "--username", f"{pid}@example.com", "--partner-id", pid)
-        token = srv.admin("api-token", "--partner", pid)["token"]
-        slot = os.urandom(5000)
-        resp = requests.post(srv.url + "/publish", auth=("token", token), data={"publish_id": "any"}, timeout=60,
-                             files={"manifest": ("m", b"m"), "slot0": ("s0", slot), "slot1": ("s1", b"s1")})
-        assert resp.status_code == 200, resp.text
-        out = tmp_path / "out"
-        proc = subprocess.run([str(COAP_CLIENT), "-m", "get", "-o", str(out), f"coap://127.0.0.1:{port}/any/slot0"],
-                              capture_output=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        assert out.read_bytes() == slot
+        targets = ["127.0.0.1", "127.0.0.2"] + (["::1"] if bind == "::" else [])
+        for n, host in enumerate(targets):
+            answer = _connected_exchange(host, port, _request(CON, n, "any/slot0", block=1))
+            assert answer is not None, f"no answer from {host}"
+            assert answer.payload == (b"s0" * 1500)[1024:2048]
     finally:
-        stop_server(srv)
+        servers.stop()
 
 
 # --------------------------------------------------------------------------- ota-build publish / suit

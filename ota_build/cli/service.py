@@ -331,7 +331,9 @@ def add_server_commands(sub: Any) -> None:
                    help="private key that signs the file packager's packages (seed 000, /packager/...; default: "
                         "$OTA_PACKAGER_KEY, else DATA_DIR/packager/signing-key.pem, generated as Ed25519 at its first use)")
     _db_options(p)
-    p.add_argument("--coap-host", help="seed 002: address the CoAP server binds (default: --host)")
+    p.add_argument("--coap-host", help="seed 002: address the CoAP server binds (default: --host); on a wildcard "
+                                        "(:: dual-stack, 0.0.0.0 IPv4) each answer leaves from the address its request "
+                                        "was sent to; requests to a multicast group are not answered")
     p.add_argument("--coap-port", type=int, default=5683, help="seed 002: UDP port of the CoAP server (default: 5683)")
     p.add_argument("--coap-advertise-host", metavar="HOST",
                    help="seed 002: host put into notifications, coap://[HOST]:PORT/<id>/manifest (default: --coap-host)")

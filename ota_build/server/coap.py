@@ -9,8 +9,9 @@ client that sends notifications.
 
 ``ota-build serve`` runs the server in processes of its own (``CoapServers``, ``--coap-workers``), not in
 uvicorn's: its workers do not each bind the UDP port, and the CoAP server shares no GIL or garbage collector
-with the HTTP server. Bound to one address, a worker answers with ``StatelessGetServer`` (aiocoap's message codec,
-no per-exchange state, a bounded block cache: decision 82); on a wildcard, with aiocoap's own server stack.
+with the HTTP server. A worker answers with ``StatelessGetServer`` (aiocoap's message codec, no per-exchange state,
+a bounded block cache: decision 82) in a blocking socket loop; on a wildcard bind each answer leaves from the
+address its request was sent to (IP_PKTINFO / IPV6_PKTINFO).
 """
 
 from __future__ import annotations
@@ -58,19 +59,10 @@ class PublicationResource:
     """The root of the CoAP site: every path is looked up in the publications when the request comes."""
 
     def __init__(self, publications: Publications):
-        from aiocoap import Code, Message, resource
+        from aiocoap import Code, Message
         from aiocoap.optiontypes import BlockOption
 
-        class _Root(resource.Resource):  # type: ignore[misc]
-            async def needs_blockwise_assembly(self, request: Any) -> bool:
-                return False  # Block2 is answered here, one slice per request
-
-            async def render(self, request: Any) -> Any:
-                return outer.render(request)
-
-        outer = self
         self.publications = publications
-        self.resource = _Root()
         self._message, self._code, self._block = Message, Code, BlockOption.BlockwiseTuple
         self._paths: Dict[Tuple[str, str], str] = {}
 
@@ -176,8 +168,8 @@ class StatelessGetServer:
     * a request with a critical option this site does not process gets 4.02 (section 5.4.1), one for a proxy 5.05,
       an Accept other than the resource's content-format 4.06;
     * duplicates are answered again rather than from a per-exchange cache: every request served here is a GET,
-      which section 4.5 lets a server process again. aiocoap keeps each response for EXCHANGE_LIFETIME (247 s)
-      instead, which was most of its CPU per block (decision 82).
+      which section 4.5 lets a server process again. aiocoap's server keeps each response for EXCHANGE_LIFETIME
+      (247 s) instead, which was most of its CPU per block and grew its memory with traffic (decision 82).
 
     Blocks of files are kept in a bounded cache (``cache_blocks`` responses, about 2.4 KiB each with their objects,
     oldest out) keyed by the file's identity from a ``stat`` per request: 20 devices fetching one slot read it from
@@ -263,12 +255,6 @@ class StatelessGetServer:
         return message.encode()  # type: ignore[no-any-return]
 
 
-def server_transports(host: str) -> List[str]:
-    """UDP only (aiocoap's default would also open TCP, TLS and WebSocket ports): ``simplesocketserver`` on one
-    address (measured ~15 % faster per block), ``udp6`` on a wildcard (it answers from the address asked)."""
-    return ["udp6"] if host in ("", "::", "0.0.0.0") else ["simplesocketserver"]
-
-
 def is_wildcard(host: str) -> bool:
     """Whether ``host`` binds every address (then replies must come from the address each request was sent to)."""
     if host == "":
@@ -279,21 +265,30 @@ def is_wildcard(host: str) -> bool:
         return False
 
 
-async def start_server(publications: Publications, host: str, port: int) -> Any:
-    """An aiocoap server context on UDP (host, port) serving ``publications`` (used for wildcard binds)."""
-    aiocoap = _aiocoap()
-    root = PublicationResource(publications)
-    return await aiocoap.Context.create_server_context(root.resource, bind=(host, port),
-                                                       transports=server_transports(host))
+#: Linux's IP_PKTINFO (``socket`` has IPV6_PKTINFO but not this one)
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """A UDP socket bound to (host, port) with SO_REUSEPORT (workers share the port; the kernel keeps each client
-    on one of them), whose blocking reads return every second (SO_RCVTIMEO) so the loop can look around."""
-    family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    on one of them), whose blocking reads return every second (SO_RCVTIMEO) so the loop can look around.
+
+    A wildcard gets the destination address of each datagram (IP_PKTINFO, IPV6_RECVPKTINFO) so that the answer
+    leaves from the address the client asked: ``::`` (or "") is dual-stack (IPv4 clients as v4-mapped addresses),
+    ``0.0.0.0`` IPv4 only."""
+    addr: Any
+    if host in ("", "::"):
+        family, addr = socket.AF_INET6, ("::", port)
+    else:
+        family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if is_wildcard(host) and family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        elif is_wildcard(host):
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         sock.bind(addr)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 1, 0))
     except BaseException:
@@ -302,93 +297,79 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_socket(sock: socket.socket, server: StatelessGetServer, keep_going: Any) -> None:
-    """Answer datagrams on ``sock`` while ``keep_going()`` (asked every second when idle) is true: one blocking
-    ``recvfrom`` and at most one ``sendto`` per request, nothing else (no event loop: this process serves one
-    socket). A send error (the client's route is gone) is logged and the next datagram served."""
+def _multicast_destination(level: int, data: bytes) -> bool:
+    """Whether a datagram's IP(V6)_PKTINFO names a multicast destination (in6_pktinfo: the address first;
+    in_pktinfo: ifindex, local address, destination). Not served: no answer may leave from a group address."""
+    if level == socket.IPPROTO_IPV6:
+        return data[0] == 0xFF  # ff00::/8
+    return data[8] & 0xF0 == 0xE0  # 224.0.0.0/4
+
+
+def serve_socket(sock: socket.socket, server: StatelessGetServer, keep_going: Any, wildcard: bool = False) -> None:
+    """Answer datagrams on ``sock`` until ``keep_going()`` (asked every second, busy or idle) is false: one blocking
+    receive and at most one send per request, nothing else (no event loop: this process serves one socket). On a
+    wildcard socket (``bind_socket`` of a wildcard) each answer carries the request's own IP(V6)_PKTINFO back, so it
+    leaves from the address the client sent to. A send error (the client's route is gone) is logged and the next
+    datagram served; no datagram can end the loop."""
     buffer = bytearray(65536)  # the largest UDP payload: a datagram is never cut short
     view = memoryview(buffer)
-    recv, send, clock = sock.recvfrom_into, sock.sendto, time.monotonic
+    clock = time.monotonic
     next_look = clock() + 1.0
+    ancillary = socket.CMSG_SPACE(32) if wildcard else 0
     while True:
-        if clock() >= next_look:  # every second, busy or idle
+        if clock() >= next_look:
             if not keep_going():
                 return
             next_look = clock() + 1.0
         try:
-            size, addr = recv(buffer)
+            if wildcard:
+                size, cmsgs, _, addr = sock.recvmsg_into([buffer], ancillary)
+            else:
+                size, addr = sock.recvfrom_into(buffer)
         except (BlockingIOError, InterruptedError):  # SO_RCVTIMEO ran out
             continue
         except OSError as exc:  # nothing a datagram can cause; logged, and the loop goes on
             log.warning("CoAP: receiving failed: %s", exc)
             time.sleep(0.01)
             continue
+        if wildcard and (not cmsgs or _multicast_destination(cmsgs[0][0], cmsgs[0][2])):
+            continue  # the only ancillary data asked for is the packet info
         try:
             reply = server.answer(bytes(view[:size]))
         except Exception:  # noqa: BLE001 - no datagram may end the worker
             log.exception("CoAP: answering a datagram from %s failed", addr)
             continue
-        if reply is not None:
-            try:
-                send(reply, addr)
-            except OSError as exc:
-                log.debug("CoAP: cannot answer %s: %s", addr, exc)
-
-
-#: garbage-collector thresholds of a CoAP worker process. aiocoap keeps every response of a confirmable request
-#: for EXCHANGE_LIFETIME (247 s) to answer duplicates: ~30 tracked objects per 1 KiB block, so the default
-#: thresholds (700, 10, 10) spent 2.9 s of 4.5 s CPU in collections scanning them during a 20 x 1 MiB download
-GC_THRESHOLDS = (50_000, 20, 100)
+        if reply is None:
+            continue
+        try:
+            if wildcard:
+                sock.sendmsg([reply], cmsgs[:1], 0, addr)
+            else:
+                sock.sendto(reply, addr)
+        except OSError as exc:
+            log.debug("CoAP: cannot answer %s: %s", addr, exc)
 
 
 def serve_process(data_dir: str, host: str, port: int, ready: Any) -> None:
-    """Body of one CoAP worker process: bind, tell ``ready`` ("ok" or the error), serve until the parent is gone.
-
-    One address: ``StatelessGetServer`` in a blocking loop on its own SO_REUSEPORT socket. A wildcard: aiocoap's
-    ``udp6`` transport (it answers from the address each request was sent to), on an event loop.
+    """Body of one CoAP worker process: bind, tell ``ready`` ("ok" or the error), serve with
+    ``StatelessGetServer`` until the parent is gone.
 
     Ctrl-C reaches the whole process group: the worker ignores SIGINT and ends with its parent (``CoapServers``
     terminates it, and it checks every second that its parent still runs)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
-    publications = Publications(data_dir)
-    if not is_wildcard(host):
-        try:
-            sock = bind_socket(host, port)
-        except Exception as exc:  # noqa: BLE001 - reported to the parent, which prints one line
-            ready.send(f"{type(exc).__name__}: {exc}")
-            return
-        ready.send("ok")
-        ready.close()
-        gc.collect()
-        gc.freeze()  # the imported modules' objects are never garbage: out of every later collection
-        with sock:
-            serve_socket(sock, StatelessGetServer(PublicationResource(publications)), lambda: os.getppid() == parent)
-        return
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
     try:
-        context = loop.run_until_complete(start_server(publications, host, port))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which prints one line
+        sock = bind_socket(host, port)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which prints one line
         ready.send(f"{type(exc).__name__}: {exc}")
         return
     ready.send("ok")
     ready.close()
     gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-    def watch() -> None:
-        if os.getppid() != parent:
-            loop.stop()
-        else:
-            loop.call_later(1.0, watch)
-
-    loop.call_later(1.0, watch)
-    try:
-        loop.run_forever()
-    finally:
-        loop.run_until_complete(context.shutdown())
+    gc.freeze()  # the imported modules' objects are never garbage: out of every later collection
+    with sock:
+        serve_socket(sock, StatelessGetServer(PublicationResource(Publications(data_dir))),
+                     lambda: os.getppid() == parent, wildcard=is_wildcard(host))
 
 
 class CoapServers:
