@@ -720,11 +720,71 @@ def test_coap_device_refuses_hostile_manifests(site: Site, keys: Tuple[Path, Pat
                   "digest mismatch"))
     cases.append(("h_trunc", _manifest(site, "h_trunc", keys[0], slot0, slot1, 9, tmp_path), slot1[:3999], -1, 11,
                   "truncated"))
+    cases.append(("h_big", _manifest(site, "h_big", keys[0], slot0, slot1, 9, tmp_path), slot1 + os.urandom(6000), -1,
+                  10, "larger than 4000 bytes"))
     for publish_id, envelope, served_slot1, seq, code, words in cases:
         case_dir = tmp_path / publish_id
         case_dir.mkdir()
         rc, line = _hostile(site, case_dir, keys[1], publish_id, envelope, slot0, served_slot1, seq)
         assert (rc, words in line) == (code, True), (publish_id, rc, line)
+
+
+class _CountingContext:
+    """An aiocoap client context that counts requests and runs ``hook`` before request number ``at``."""
+
+    def __init__(self, ctx: Any, at: int = 0, hook: Any = None):
+        self.ctx, self.at, self.hook, self.requests = ctx, at, hook, 0
+
+    def request(self, message: Any, handle_blockwise: bool = True) -> Any:
+        self.requests += 1
+        if self.requests == self.at:
+            self.hook()
+        return self.ctx.request(message, handle_blockwise=handle_blockwise)
+
+
+def test_coap_device_download_is_bounded_streamed_and_notices_a_republish(tmp_path: Path) -> None:
+    """The device takes a slot block by block: it stops at the first byte past the manifest's size (not after the
+    whole oversize file), and a republish between two blocks (another ETag) ends the download with an error."""
+    import aiocoap
+
+    from ota_build.core.errors import CorruptError, OtaError
+    from ota_build.core.signing.keys import Keyring
+    from ota_build.device.coapdev import CoapDevice
+    from ota_build.server.coap import CoapServers
+    from ota_build.server.publications import Publications
+
+    publications = Publications(str(tmp_path / "data"))
+    first, second = os.urandom(20 * 1024), os.urandom(20 * 1024)
+    publications.publish("big", "p", {"manifest": [b"m"], "slot0": [first], "slot1": [b"s"]})
+    port = free_udp_port()
+    servers = CoapServers(str(tmp_path / "data"), "127.0.0.1", port, 1)
+    servers.start()
+    device = CoapDevice(str(tmp_path / "dev"), Keyring())
+    url = f"coap://127.0.0.1:{port}/big/slot0"
+
+    async def take(ctx: Any, limit: int) -> bytes:
+        return b"".join([chunk async for chunk in device.blocks(ctx, url, limit, "slot image")])
+
+    async def run() -> None:
+        ctx = await aiocoap.Context.create_client_context()
+        try:
+            counting = _CountingContext(ctx)
+            with pytest.raises(CorruptError, match="slot image is larger than 3000 bytes"):
+                await take(counting, 3000)
+            assert counting.requests == 3  # blocks 0, 1 and 2: the third passes 3000 bytes
+            assert await take(ctx, len(first)) == first
+            republish = _CountingContext(ctx, at=4, hook=lambda: publications.publish(
+                "big", "p", {"manifest": [b"m"], "slot0": [second], "slot1": [b"s"]}))
+            with pytest.raises(OtaError, match="changed during the download"):
+                await take(republish, len(first))
+            assert await take(ctx, len(second)) == second
+        finally:
+            await ctx.shutdown()
+
+    try:
+        asyncio.run(run())
+    finally:
+        servers.stop()
 
 
 def test_web_page_lists_publications(site: Site, published: Dict[str, bytes]) -> None:

@@ -2,7 +2,8 @@
 
 It serves a notify resource (PUT, as the original ``otatestnode``; the payload is the manifest's URL), fetches the
 SUIT manifest (block-wise), verifies it (trusted key, sequence number above its current one, vendor/class when
-configured), downloads the slot the manifest gives for its *inactive* slot, checks its size and digest, and only
+configured), downloads the slot the manifest gives for its *inactive* slot (block by block into a file, never more
+than the manifest's size, the ETag the same on every block), checks its size and digest, and only
 then records the new sequence number and switches the active slot. Each refusal is one log line; ``GET /status``
 reports the last outcome as JSON. ``aiocoap`` is imported only here, when the command runs.
 
@@ -16,14 +17,16 @@ import json
 import logging
 import os
 import re
-from typing import Any, Dict, Optional
+from typing import Any, AsyncIterator, Dict, Optional
 
 from ota_build.core import suit
-from ota_build.core.errors import OtaError, UsageError, VerifyError
-from ota_build.core.files import atomic_write_bytes
+from ota_build.core.errors import CorruptError, OtaError, UsageError, VerifyError
+from ota_build.core.files import atomic_open, atomic_write_bytes
 from ota_build.core.signing.keys import Keyring
 
 log = logging.getLogger(__name__)
+#: the largest SUIT envelope a device takes (RIOT's default buffer is far smaller; ours are a few hundred bytes)
+MAX_MANIFEST_BYTES = 64 * 1024
 _BRACKETED_V4 = re.compile(r"^(coaps?://)\[(\d{1,3}(?:\.\d{1,3}){3})\]")
 
 
@@ -60,13 +63,40 @@ class CoapDevice:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{self.state_path}: unreadable device state ({exc})") from None
 
-    async def _get(self, ctx: Any, url: str) -> bytes:
+    async def blocks(self, ctx: Any, url: str, limit: int, what: str) -> AsyncIterator[bytes]:
+        """The payload of ``url``, block by block (Block2: 1024-byte blocks, or the server's smaller size): never
+        more than one block in memory, never more than ``limit`` bytes (the first byte too many is a CorruptError
+        naming ``what``, so a hostile or wrong server cannot fill the device). An ETag that changes between blocks
+        (republished during the download), a block other than the one asked for or an error answer is an
+        OtaError."""
         import aiocoap
+        from aiocoap.optiontypes import BlockOption
 
-        response = await asyncio.wait_for(ctx.request(aiocoap.Message(code=aiocoap.GET, uri=url)).response, self.timeout)
-        if not response.code.is_successful():
-            raise OtaError(f"GET {url}: {response.code} {response.payload.decode('utf-8', 'replace')[:100]}")
-        return bytes(response.payload)
+        number, szx, received, etag = 0, 6, 0, None
+        while True:
+            request = aiocoap.Message(code=aiocoap.GET, uri=url)
+            request.opt.block2 = BlockOption.BlockwiseTuple(number, False, szx)
+            response = await asyncio.wait_for(ctx.request(request, handle_blockwise=False).response, self.timeout)
+            if not response.code.is_successful():
+                raise OtaError(f"GET {url}: {response.code} {response.payload.decode('utf-8', 'replace')[:100]}")
+            block = response.opt.block2
+            tag = bytes(response.opt.etag) if response.opt.etag is not None else None
+            if number and tag != etag:
+                raise OtaError(f"GET {url}: the resource changed during the download (ETag); try again")
+            etag = tag
+            if block is None and number:
+                raise OtaError(f"GET {url}: the server dropped Block2 in the middle of the download")
+            if block is not None and (block.block_number << (block.size_exponent + 4)) != received:
+                raise OtaError(f"GET {url}: the server answered block {block.block_number}, not the one at byte "
+                               f"{received}")
+            received += len(response.payload)
+            if received > limit:
+                raise CorruptError(f"{what} is larger than {limit} bytes")
+            yield bytes(response.payload)
+            if block is None or not block.more:
+                return
+            szx = min(block.size_exponent, 6)
+            number = received >> (szx + 4)
 
     async def update(self, manifest_url: str) -> Dict[str, Any]:
         """Fetch, verify, download into the inactive slot, check, switch. The outcome as a dict (also in ``last``)."""
@@ -76,15 +106,16 @@ class CoapDevice:
         state = self.state()
         ctx = await aiocoap.Context.create_client_context()
         try:
-            envelope = await self._get(ctx, url)
+            envelope = b"".join([b async for b in self.blocks(ctx, url, MAX_MANIFEST_BYTES, "the manifest")])
             info = suit.verify_manifest(envelope, self.keyring, state["sequence"], self.vendor, self.device_class)
             target = 1 - state["active"]
             slot = info.slots[target] if len(info.slots) > target else info.slots[0]
             if not slot.uri:
                 raise suit.SuitError(f"manifest gives no URI for slot {target}")
-            data = await self._get(ctx, normalize_url(slot.uri))
             part = os.path.join(self.state_dir, f"slot{target}.bin.part")
-            atomic_write_bytes(part, data, durable=True)
+            with atomic_open(part, durable=True) as out:  # a failed download leaves nothing behind
+                async for chunk in self.blocks(ctx, normalize_url(slot.uri), slot.size, "slot image"):
+                    out.write(chunk)
             try:
                 suit.check_slot(slot, part)
             except VerifyError:
