@@ -492,22 +492,51 @@ def test_a_worker_serves_on_ipv6_loopback_and_reports_a_bad_host_in_one_line(tmp
         CoapServers(str(tmp_path), "x" * 70 + ".invalid", port, 1).start()
 
 
-def test_requests_to_a_multicast_group_are_not_answered() -> None:
+def test_requests_to_a_group_or_broadcast_address_are_not_answered() -> None:
     import socket
     import struct
 
-    from ota_build.server.coap import _multicast_destination
+    from ota_build.server.coap import IP_PKTINFO, reply_pktinfo
 
-    def in_pktinfo(dest: str) -> bytes:
-        return struct.pack("i4s4s", 1, socket.inet_aton("192.0.2.1"), socket.inet_aton(dest))
+    def v4(local: str, dest: str) -> Any:
+        data = struct.pack("i4s4s", 3, socket.inet_aton(local), socket.inet_aton(dest))
+        return reply_pktinfo([(socket.IPPROTO_IP, IP_PKTINFO, data)])
 
-    def in6_pktinfo(dest: str) -> bytes:
-        return socket.inet_pton(socket.AF_INET6, dest) + struct.pack("I", 1)
+    def v6(dest: str) -> Any:
+        data = socket.inet_pton(socket.AF_INET6, dest) + struct.pack("I", 3)
+        return reply_pktinfo([(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, data)])
 
-    assert _multicast_destination(socket.IPPROTO_IP, in_pktinfo("224.0.1.187"))  # All CoAP Nodes
-    assert not _multicast_destination(socket.IPPROTO_IP, in_pktinfo("127.0.0.2"))
-    assert _multicast_destination(socket.IPPROTO_IPV6, in6_pktinfo("ff02::fd"))
-    assert not _multicast_destination(socket.IPPROTO_IPV6, in6_pktinfo("::1"))
+    assert v4("127.0.0.2", "127.0.0.2")[2] == bytes(4) + socket.inet_aton("127.0.0.2") * 2  # index 0: routed
+    assert v4("127.0.0.1", "127.255.255.255") is None  # a broadcast
+    assert v4("192.0.2.1", "224.0.1.187") is None  # All CoAP Nodes
+    assert v6("::1")[2] == socket.inet_pton(socket.AF_INET6, "::1") + bytes(4)
+    assert v6("ff02::fd") is None
+    assert v6("::ffff:224.0.1.187") is None and v6("::ffff:255.255.255.255") is None
+    assert reply_pktinfo([]) is None
+
+
+def test_a_broadcast_request_gets_no_answer(tmp_path: Path) -> None:
+    import socket
+
+    from aiocoap import CON
+
+    from ota_build.server.coap import CoapServers
+    from ota_build.server.publications import Publications
+
+    Publications(str(tmp_path)).publish("b", "p", {"manifest": [b"m"], "slot0": [b"s"], "slot1": [b"s"]})
+    port = free_udp_port()
+    servers = CoapServers(str(tmp_path), "0.0.0.0", port, 1)
+    servers.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.settimeout(1.0)
+            sock.sendto(_request(CON, 1, "b/manifest"), ("127.255.255.255", port))
+            with pytest.raises(socket.timeout):
+                sock.recv(2048)
+        assert _exchange(port, _request(CON, 2, "b/manifest")).payload == b"m"  # unicast still answered
+    finally:
+        servers.stop()
 
 
 def test_the_block_cache_is_bounded(tmp_path: Path) -> None:
@@ -785,6 +814,58 @@ def test_coap_device_download_is_bounded_streamed_and_notices_a_republish(tmp_pa
         asyncio.run(run())
     finally:
         servers.stop()
+
+
+def test_coap_device_refuses_a_server_that_sends_short_blocks(tmp_path: Path) -> None:
+    """A server answering every block with more=True and no bytes would keep a naive client asking forever."""
+    import aiocoap
+    from aiocoap import resource
+    from aiocoap.optiontypes import BlockOption
+
+    from ota_build.core.errors import OtaError
+    from ota_build.core.signing.keys import Keyring
+    from ota_build.device.coapdev import CoapDevice
+
+    class Endless(resource.Resource):  # type: ignore[misc]
+        async def needs_blockwise_assembly(self, request: Any) -> bool:
+            return False
+
+        async def render_get(self, request: Any) -> Any:
+            answer = aiocoap.Message(code=aiocoap.CONTENT, payload=b"")
+            number = request.opt.block2.block_number if request.opt.block2 else 0
+            answer.opt.block2 = BlockOption.BlockwiseTuple(number, True, 6)
+            return answer
+
+    device = CoapDevice(str(tmp_path / "dev"), Keyring(), timeout=10)
+    port = free_udp_port()
+
+    async def run() -> None:
+        site = resource.Site()
+        site.add_resource(["slot"], Endless())
+        server = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port),
+                                                             transports=["simplesocketserver"])
+        client = await aiocoap.Context.create_client_context()
+        try:
+            with pytest.raises(OtaError, match="block 0 has 0 bytes, not 1024"):
+                async for _ in device.blocks(client, f"coap://127.0.0.1:{port}/slot", 1 << 20, "slot image"):
+                    pass
+        finally:
+            await client.shutdown()
+            await server.shutdown()
+
+    asyncio.run(run())
+
+
+def test_coap_device_removes_what_an_interrupted_download_left(tmp_path: Path) -> None:
+    from ota_build.core.signing.keys import Keyring
+    from ota_build.device.coapdev import CoapDevice
+
+    state = tmp_path / "dev"
+    state.mkdir()
+    (state / ".slot1.bin.part.k2j3.tmp").write_bytes(b"x" * 5000)  # atomic_open's name, left by a kill
+    (state / "slot0.bin").write_bytes(b"kept")
+    CoapDevice(str(state), Keyring())
+    assert sorted(p.name for p in state.iterdir()) == ["slot0.bin"]
 
 
 def test_web_page_lists_publications(site: Site, published: Dict[str, bytes]) -> None:

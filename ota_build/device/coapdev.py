@@ -13,6 +13,7 @@ State in ``--state-dir``: ``state.json`` (``sequence``, ``active``), ``slot0.bin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -46,6 +47,10 @@ class CoapDevice:
         self.timeout = timeout
         self.last: Dict[str, Any] = {"outcome": "idle"}
         os.makedirs(state_dir, exist_ok=True)
+        for name in os.listdir(state_dir):  # temporary files of a download a power cut or a kill interrupted
+            if name.startswith(".") and name.endswith(".tmp"):  # atomic_open's names
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(state_dir, name))
 
     @property
     def state_path(self) -> str:
@@ -64,7 +69,7 @@ class CoapDevice:
             raise UsageError(f"{self.state_path}: unreadable device state ({exc})") from None
 
     async def blocks(self, ctx: Any, url: str, limit: int, what: str) -> AsyncIterator[bytes]:
-        """The payload of ``url``, block by block (Block2: 1024-byte blocks, or the server's smaller size): never
+        """The payload of ``url``, block by block (Block2, at the block size of the server's first answer): never
         more than one block in memory, never more than ``limit`` bytes (the first byte too many is a CorruptError
         naming ``what``, so a hostile or wrong server cannot fill the device). An ETag that changes between blocks
         (republished during the download), a block other than the one asked for or an error answer is an
@@ -72,10 +77,11 @@ class CoapDevice:
         import aiocoap
         from aiocoap.optiontypes import BlockOption
 
-        number, szx, received, etag = 0, 6, 0, None
+        number, szx, received, etag = 0, None, 0, None
         while True:
             request = aiocoap.Message(code=aiocoap.GET, uri=url)
-            request.opt.block2 = BlockOption.BlockwiseTuple(number, False, szx)
+            if szx is not None:  # the first request has no Block2: the server picks (or needs none)
+                request.opt.block2 = BlockOption.BlockwiseTuple(number, False, szx)
             response = await asyncio.wait_for(ctx.request(request, handle_blockwise=False).response, self.timeout)
             if not response.code.is_successful():
                 raise OtaError(f"GET {url}: {response.code} {response.payload.decode('utf-8', 'replace')[:100]}")
@@ -89,6 +95,9 @@ class CoapDevice:
             if block is not None and (block.block_number << (block.size_exponent + 4)) != received:
                 raise OtaError(f"GET {url}: the server answered block {block.block_number}, not the one at byte "
                                f"{received}")
+            if block is not None and block.more and len(response.payload) != 1 << (block.size_exponent + 4):
+                raise OtaError(f"GET {url}: block {block.block_number} has {len(response.payload)} bytes, not "
+                               f"{1 << (block.size_exponent + 4)}")  # RFC 7959 2.2: only the last may be shorter
             received += len(response.payload)
             if received > limit:
                 raise CorruptError(f"{what} is larger than {limit} bytes")
@@ -146,6 +155,7 @@ async def serve(device: CoapDevice, host: str, port: int, resource: str = "notif
 
     done: "asyncio.Future[int]" = asyncio.get_running_loop().create_future()
     tasks = set()
+    lock = asyncio.Lock()
 
     class Notify(res.Resource):  # type: ignore[misc]
         async def render_put(self, request: Any) -> Any:
@@ -156,7 +166,8 @@ async def serve(device: CoapDevice, host: str, port: int, resource: str = "notif
             log.info("notified: %s", url)
 
             async def run() -> None:
-                result = await device.update(url)
+                async with lock:  # one update at a time: two notifies must not write the same slot
+                    result = await device.update(url)
                 if once and not done.done():
                     done.set_result(int(result.get("exit", 0)))
 

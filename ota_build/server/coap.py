@@ -281,13 +281,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
         family, addr = socket.AF_INET6, ("::", port)
     else:
         family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    wildcard = is_wildcard(addr[0])
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if is_wildcard(host) and family == socket.AF_INET6:
+        if wildcard and family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-        elif is_wildcard(host):
+        elif wildcard:
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         sock.bind(addr)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 1, 0))
@@ -297,12 +298,28 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _multicast_destination(level: int, data: bytes) -> bool:
-    """Whether a datagram's IP(V6)_PKTINFO names a multicast destination (in6_pktinfo: the address first;
-    in_pktinfo: ifindex, local address, destination). Not served: no answer may leave from a group address."""
-    if level == socket.IPPROTO_IPV6:
-        return data[0] == 0xFF  # ff00::/8
-    return data[8] & 0xF0 == 0xE0  # 224.0.0.0/4
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def reply_pktinfo(cmsgs: Sequence[Tuple[int, int, bytes]]) -> Optional[Tuple[int, int, bytes]]:
+    """The ancillary data that makes an answer leave from the address a datagram was sent to, from the datagram's
+    IP(V6)_PKTINFO; None for a datagram not to be answered: sent to a multicast group or a broadcast address (RFC
+    7252 8: no answer may leave from such an address, and we serve no group) or without packet info.
+
+    in6_pktinfo is the address then the interface index; in_pktinfo the index, the local address (ipi_spec_dst)
+    and the header's destination, which differ for a broadcast. The index is sent back as 0, so the answer takes
+    the routing table's way out (as unbound does), not necessarily the interface the request came in on."""
+    for level, kind, data in cmsgs:
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 20:
+            address = data[:16]
+            if address[0] == 0xFF or (address[:12] == _V4_MAPPED and address[12] >= 224):
+                return None  # ff00::/8; a v4-mapped multicast or limited broadcast
+            return (level, kind, address + bytes(4))
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            if data[8:12] != data[4:8] or data[8] >= 224:
+                return None  # a broadcast (destination is not the local address), a multicast group
+            return (level, kind, bytes(4) + data[4:12])
+    return None
 
 
 def serve_socket(sock: socket.socket, server: StatelessGetServer, keep_going: Any, wildcard: bool = False) -> None:
@@ -332,8 +349,9 @@ def serve_socket(sock: socket.socket, server: StatelessGetServer, keep_going: An
             log.warning("CoAP: receiving failed: %s", exc)
             time.sleep(0.01)
             continue
-        if wildcard and (not cmsgs or _multicast_destination(cmsgs[0][0], cmsgs[0][2])):
-            continue  # the only ancillary data asked for is the packet info
+        pktinfo = reply_pktinfo(cmsgs) if wildcard else None
+        if wildcard and pktinfo is None:
+            continue
         try:
             reply = server.answer(bytes(view[:size]))
         except Exception:  # noqa: BLE001 - no datagram may end the worker
@@ -342,8 +360,8 @@ def serve_socket(sock: socket.socket, server: StatelessGetServer, keep_going: An
         if reply is None:
             continue
         try:
-            if wildcard:
-                sock.sendmsg([reply], cmsgs[:1], 0, addr)
+            if wildcard and pktinfo is not None:
+                sock.sendmsg([reply], [pktinfo], 0, addr)
             else:
                 sock.sendto(reply, addr)
         except OSError as exc:
@@ -369,7 +387,7 @@ def serve_process(data_dir: str, host: str, port: int, ready: Any) -> None:
     gc.freeze()  # the imported modules' objects are never garbage: out of every later collection
     with sock:
         serve_socket(sock, StatelessGetServer(PublicationResource(Publications(data_dir))),
-                     lambda: os.getppid() == parent, wildcard=is_wildcard(host))
+                     lambda: os.getppid() == parent, wildcard=is_wildcard(sock.getsockname()[0]))
 
 
 class CoapServers:
