@@ -5,6 +5,7 @@ and the original's bugs (slot1 = slot0, ``..``/``.`` ids, one missing part repor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -314,6 +315,23 @@ def _ipv6_sockets() -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _coap_workers(data_dir: Path, bind: str, publish_id: str, files: Dict[str, bytes]) -> Iterator[int]:
+    """``files`` published as ``publish_id`` in ``data_dir``, served by one CoAP worker process bound to ``bind`` on
+    a free port (the port is yielded), as ``ota-build serve`` runs it."""
+    from ota_build.server.coap import CoapServers
+    from ota_build.server.publications import Publications
+
+    Publications(str(data_dir)).publish(publish_id, "p", {k: [v] for k, v in files.items()})
+    port = free_udp_port()
+    servers = CoapServers(str(data_dir), bind, port, 1)
+    servers.start()
+    try:
+        yield port
+    finally:
+        servers.stop()
+
+
 # --------------------------------------------------------------------------- the message layer (decision 82)
 
 def _exchange(port: int, datagram: bytes, timeout: float = 2.0, host: str = "127.0.0.1") -> Any:
@@ -478,16 +496,9 @@ def test_a_worker_serves_on_ipv6_loopback_and_reports_a_bad_host_in_one_line(tmp
     from aiocoap import CON
 
     from ota_build.server.coap import CoapServers
-    from ota_build.server.publications import Publications
 
-    Publications(str(tmp_path)).publish("six", "p", {"manifest": [b"m6"], "slot0": [b"s"], "slot1": [b"s"]})
-    port = free_udp_port()
-    servers = CoapServers(str(tmp_path), "::1", port, 1)
-    servers.start()
-    try:
+    with _coap_workers(tmp_path, "::1", "six", {"manifest": b"m6", "slot0": b"s", "slot1": b"s"}) as port:
         assert _exchange(port, _request(CON, 1, "six/manifest"), host="::1").payload == b"m6"
-    finally:
-        servers.stop()
     with pytest.raises(OSError, match="cannot listen on UDP"):
         CoapServers(str(tmp_path), "x" * 70 + ".invalid", port, 1).start()
 
@@ -520,14 +531,7 @@ def test_a_broadcast_request_gets_no_answer(tmp_path: Path) -> None:
 
     from aiocoap import CON
 
-    from ota_build.server.coap import CoapServers
-    from ota_build.server.publications import Publications
-
-    Publications(str(tmp_path)).publish("b", "p", {"manifest": [b"m"], "slot0": [b"s"], "slot1": [b"s"]})
-    port = free_udp_port()
-    servers = CoapServers(str(tmp_path), "0.0.0.0", port, 1)
-    servers.start()
-    try:
+    with _coap_workers(tmp_path, "0.0.0.0", "b", {"manifest": b"m", "slot0": b"s", "slot1": b"s"}) as port:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             sock.settimeout(1.0)
@@ -535,8 +539,6 @@ def test_a_broadcast_request_gets_no_answer(tmp_path: Path) -> None:
             with pytest.raises(socket.timeout):
                 sock.recv(2048)
         assert _exchange(port, _request(CON, 2, "b/manifest")).payload == b"m"  # unicast still answered
-    finally:
-        servers.stop()
 
 
 def test_the_block_cache_is_bounded(tmp_path: Path) -> None:
@@ -580,23 +582,14 @@ def test_a_wildcard_bind_answers_from_the_address_asked(tmp_path: Path, bind: st
     would pick 127.0.0.1, which a connected client drops); ``::`` is dual-stack."""
     from aiocoap import CON
 
-    from ota_build.server.coap import CoapServers
-    from ota_build.server.publications import Publications
-
     if bind == "::" and not _ipv6_sockets():
         pytest.skip("no IPv6 sockets on this machine")
-    Publications(str(tmp_path)).publish("any", "p", {"manifest": [b"m"], "slot0": [b"s0" * 1500], "slot1": [b"s"]})
-    port = free_udp_port()
-    servers = CoapServers(str(tmp_path), bind, port, 1)
-    servers.start()
-    try:
+    with _coap_workers(tmp_path, bind, "any", {"manifest": b"m", "slot0": b"s0" * 1500, "slot1": b"s"}) as port:
         targets = ["127.0.0.1", "127.0.0.2"] + (["::1"] if bind == "::" else [])
         for n, host in enumerate(targets):
             answer = _connected_exchange(host, port, _request(CON, n, "any/slot0", block=1))
             assert answer is not None, f"no answer from {host}"
             assert answer.payload == (b"s0" * 1500)[1024:2048]
-    finally:
-        servers.stop()
 
 
 # --------------------------------------------------------------------------- ota-build publish / suit
@@ -779,17 +772,12 @@ def test_coap_device_download_is_bounded_streamed_and_notices_a_republish(tmp_pa
     from ota_build.core.errors import CorruptError, OtaError
     from ota_build.core.signing.keys import Keyring
     from ota_build.device.coapdev import CoapDevice
-    from ota_build.server.coap import CoapServers
     from ota_build.server.publications import Publications
 
     publications = Publications(str(tmp_path / "data"))
     first, second = os.urandom(20 * 1024), os.urandom(20 * 1024)
-    publications.publish("big", "p", {"manifest": [b"m"], "slot0": [first], "slot1": [b"s"]})
-    port = free_udp_port()
-    servers = CoapServers(str(tmp_path / "data"), "127.0.0.1", port, 1)
-    servers.start()
     device = CoapDevice(str(tmp_path / "dev"), Keyring())
-    url = f"coap://127.0.0.1:{port}/big/slot0"
+    url = ""
 
     async def take(ctx: Any, limit: int) -> bytes:
         return b"".join([chunk async for chunk in device.blocks(ctx, url, limit, "slot image")])
@@ -810,10 +798,9 @@ def test_coap_device_download_is_bounded_streamed_and_notices_a_republish(tmp_pa
         finally:
             await ctx.shutdown()
 
-    try:
+    with _coap_workers(tmp_path / "data", "127.0.0.1", "big", {"manifest": b"m", "slot0": first, "slot1": b"s"}) as port:
+        url = f"coap://127.0.0.1:{port}/big/slot0"
         asyncio.run(run())
-    finally:
-        servers.stop()
 
 
 def test_coap_device_refuses_a_server_that_sends_short_blocks(tmp_path: Path) -> None:
