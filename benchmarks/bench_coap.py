@@ -107,13 +107,13 @@ def _round(client: str, uri: str, clients: int, expected: bytes, workdir: Path) 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the benchmark; print the table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size-mib", type=float, default=1.0)
-    ap.add_argument("--clients", type=int, default=20)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--size-mib", type=float, default=1.0, help="size of the slot in MiB (default: %(default)s)")
+    ap.add_argument("--clients", type=int, default=20, help="concurrent coap-client downloads (default: %(default)s)")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds; the best counts (default: %(default)s)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="CoAP server processes of ours to measure")
     ap.add_argument("--bind", default="127.0.0.1",
-                    help="address our server binds (clients use 127.0.0.1): 0.0.0.0 measures the wildcard path, "
-                         "aiocoap's own server stack (default: %(default)s)")
+                    help="address our server binds (clients use 127.0.0.1): 0.0.0.0 or :: measures the wildcard path "
+                         "(packet info with every datagram) (default: %(default)s)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     client = _tool("coap-client", "coap-client-notls", "coap-client-openssl")

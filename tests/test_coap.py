@@ -217,6 +217,15 @@ def test_serve_reports_a_coap_port_in_use_in_one_line(tmp_path: Path) -> None:
     assert_one_line_error(proc, 1, "--coap-port", f"127.0.0.1:{port}")
 
 
+def test_serve_reports_a_coap_host_that_cannot_be_bound_in_one_line(tmp_path: Path) -> None:
+    from .serverutil import free_port
+
+    host = "x" * 70 + ".invalid"  # a DNS label longer than 63: getaddrinfo's UnicodeError, not an OSError
+    proc = run_cli("ota-build", "serve", "--port", str(free_port()), "--coap-host", host, "--coap-port",
+                   str(free_udp_port()), "--data-dir", str(tmp_path / "d"), timeout=120)
+    assert_one_line_error(proc, 1, "--coap-host", host)
+
+
 @pytest.mark.parametrize("value", ["0", "65"])
 def test_serve_rejects_bad_coap_workers(tmp_path: Path, value: str) -> None:
     proc = run_cli("ota-build", "serve", "--coap-workers", value, "--data-dir", str(tmp_path / "d"))

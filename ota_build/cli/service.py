@@ -148,7 +148,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             coap.start()
         except OSError as exc:
-            raise OtaError(f"--coap-port: {exc}") from None
+            raise OtaError(f"--coap-host/--coap-port: {exc}") from None
         print(f"ota-build serve: coap://{_bracket(coap_host)}:{args.coap_port} (seed 002: manifests and slots, "
               f"{args.coap_workers} process(es); notify reaches {', '.join(args.coap_notify_allow or DEFAULT_NOTIFY_ALLOW)})",
               file=sys.stderr, flush=True)
