@@ -142,10 +142,10 @@ class PublicationResource:
             resp.opt.size2 = total
         return resp, identity
 
-    def render_block(self, request: Any) -> Tuple[Any, Optional[Tuple[Any, ...]]]:
-        """The response to one request, and the ``block_key`` under which it may be reused (None when it may not:
-        anything but a block of a file, or a file replaced between the ``stat`` and the read)."""
-        key = self.block_key(request, request.opt.uri_path, request.opt.block2)
+    def render_block(self, request: Any, key: Optional[Tuple[Any, ...]]) -> Tuple[Any, Optional[Tuple[Any, ...]]]:
+        """The response to one request whose ``block_key`` is ``key``, and ``key`` again if the response may be reused
+        under it (None when it may not: anything but a block of a file, or a file replaced between the ``stat``
+        and the read)."""
         if key is None:
             return self.render(request), None
         resp, identity = self._file(request, key[0])
@@ -237,7 +237,7 @@ class StatelessGetServer:
         key = self.site.block_key(request, path, block)
         response = self._cache.get(key) if key is not None else None
         if response is None:
-            response, key = self.site.render_block(request)
+            response, key = self.site.render_block(request, key)
             if key is not None and self.cache_blocks > 0:
                 if len(self._cache) >= self.cache_blocks:
                     del self._cache[next(iter(self._cache))]  # the oldest: clients of a file move through it together
